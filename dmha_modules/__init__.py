@@ -1,0 +1,1 @@
+"""SpeechBrain modules for Double Multi-Head Attention speaker and age models."""

@@ -1,0 +1,192 @@
+"""Log-mel features of the original research code ("MFSC"), batched in torch.
+
+The recipe (see ``SPEC.md``, "Features"): scale to the 16-bit range, pre-emphasis
+0.97, 25 ms Hamming windows every 10 ms without centring, magnitude spectrum,
+80 Slaney mel filters without normalisation, ``log(max(1, mel))``; then per
+utterance mean (and optionally variance) normalisation.
+
+Unlike the original, everything here runs on batches of padded waveforms on any
+device, and normalisation only looks at the frames of each utterance, so an
+utterance gives the same features alone or padded inside a batch.
+"""
+
+import torch
+import torchaudio
+
+from dmha_modules.lengths import frame_mask
+
+
+class LogMelFeatures(torch.nn.Module):
+    """Log-mel filterbank features, as the original code computed them.
+
+    Frames are taken without centring: a waveform of ``n`` samples gives
+    ``1 + (n - win_length) // hop_length`` frames. Frames past the end of an
+    utterance (padding, as given by ``lengths``) are set to zero.
+
+    Arguments
+    ---------
+    sample_rate : int
+        Sample rate of the input waveforms, in Hz.
+    n_mels : int
+        Number of mel filters.
+    n_fft : int
+        FFT size; raised to ``win_length`` when the window is longer
+        (sample rates above 20.48 kHz).
+    win_length_ms : float
+        Window length in milliseconds.
+    hop_length_ms : float
+        Hop between frames in milliseconds.
+    preemphasis : float
+        Pre-emphasis coefficient.
+
+    Example
+    -------
+    >>> compute_features = LogMelFeatures(sample_rate=16000)
+    >>> wavs = torch.rand(2, 16000) - 0.5
+    >>> compute_features(wavs, torch.tensor([1.0, 0.5])).shape
+    torch.Size([2, 98, 80])
+    >>> compute_features.frame_lengths(torch.tensor([1.0, 0.5]), 16000)
+    tensor([1.0000, 0.4898])
+    """
+
+    def __init__(
+        self,
+        sample_rate=16000,
+        n_mels=80,
+        n_fft=512,
+        win_length_ms=25.0,
+        hop_length_ms=10.0,
+        preemphasis=0.97,
+    ):
+        super().__init__()
+        self.sample_rate = sample_rate
+        self.win_length = int(sample_rate * win_length_ms / 1000)
+        self.hop_length = int(sample_rate * hop_length_ms / 1000)
+        self.n_fft = max(n_fft, self.win_length)
+        self.preemphasis = preemphasis
+        self.register_buffer(
+            "window",
+            torch.hamming_window(self.win_length, periodic=True),
+            persistent=False,
+        )
+        mel_filters = torchaudio.functional.melscale_fbanks(
+            n_freqs=self.n_fft // 2 + 1,
+            f_min=0.0,
+            f_max=sample_rate / 2,
+            n_mels=n_mels,
+            sample_rate=sample_rate,
+            norm=None,
+            mel_scale="slaney",
+        )
+        self.register_buffer("mel_filters", mel_filters, persistent=False)
+
+    def num_frames(self, num_samples):
+        """Number of frames for waveforms of ``num_samples`` samples (int or tensor)."""
+        frames = 1 + (num_samples - self.win_length) // self.hop_length
+        if isinstance(frames, torch.Tensor):
+            return frames.clamp(min=0)
+        return max(frames, 0)
+
+    def frame_lengths(self, lengths, num_samples):
+        """Relative lengths in frames of waveforms with relative ``lengths``.
+
+        Arguments
+        ---------
+        lengths : torch.Tensor
+            Relative waveform lengths ``(B,)`` in [0, 1].
+        num_samples : int
+            Padded waveform length in samples.
+
+        Returns
+        -------
+        torch.Tensor
+            Relative lengths ``(B,)`` in frames: exactly ``frames / max_frames``,
+            so ``round(lengths * max_frames)`` recovers each frame count.
+        """
+        samples = torch.round(lengths * num_samples).long()
+        total = self.num_frames(num_samples)
+        return self.num_frames(samples).float() / max(total, 1)
+
+    def forward(self, wavs, lengths=None):
+        """Computes the log-mel features of a batch of waveforms.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            Waveforms ``(B, samples)`` in [-1, 1].
+        lengths : torch.Tensor, optional
+            Relative lengths ``(B,)``; frames past each end are zeroed.
+
+        Returns
+        -------
+        torch.Tensor
+            Features ``(B, frames, n_mels)``.
+        """
+        if wavs.shape[-1] < self.win_length:
+            raise ValueError(
+                f"Waveforms of {wavs.shape[-1]} samples are shorter than one "
+                f"{self.win_length}-sample window."
+            )
+        wavs = wavs.float() * 32768.0
+        # The first sample is scaled by (1 - a), as if preceded by itself.
+        emphasized = torch.cat(
+            [
+                wavs[:, :1] * (1 - self.preemphasis),
+                wavs[:, 1:] - self.preemphasis * wavs[:, :-1],
+            ],
+            dim=1,
+        )
+        frames = emphasized.unfold(1, self.win_length, self.hop_length)
+        spectrum = torch.fft.rfft(frames * self.window, n=self.n_fft).abs()
+        feats = torch.log(torch.clamp(spectrum @ self.mel_filters, min=1.0))
+        if lengths is not None:
+            feats = feats * frame_mask(
+                self.frame_lengths(lengths, wavs.shape[1]), feats.shape[1]
+            ).unsqueeze(-1)
+        return feats
+
+
+class UtteranceNorm(torch.nn.Module):
+    """Per-utterance cepstral mean (and variance) normalisation over valid frames.
+
+    Padded frames do not count in the statistics and come out as zeros. With
+    ``std_norm`` the features are divided by their standard deviation where it
+    is above ``min_std``, else by one, as in the original code.
+
+    Arguments
+    ---------
+    std_norm : bool
+        Also divide by the standard deviation (CMVN) instead of only
+        subtracting the mean (CMN).
+    min_std : float
+        Standard deviations at or below this are replaced by one.
+
+    Example
+    -------
+    >>> norm = UtteranceNorm()
+    >>> feats = torch.tensor([[[1.0], [3.0], [0.0]]])
+    >>> norm(feats, torch.tensor([2 / 3]))
+    tensor([[[-1.],
+             [ 1.],
+             [ 0.]]])
+    """
+
+    def __init__(self, std_norm=False, min_std=0.01):
+        super().__init__()
+        self.std_norm = std_norm
+        self.min_std = min_std
+
+    def forward(self, feats, lengths=None):
+        """Normalises ``feats`` ``(B, frames, F)`` with relative ``lengths`` ``(B,)``."""
+        if lengths is None:
+            mask = torch.ones_like(feats[:, :, :1])
+        else:
+            mask = frame_mask(lengths, feats.shape[1]).unsqueeze(-1).to(feats.dtype)
+        count = mask.sum(dim=1, keepdim=True).clamp(min=1)
+        mean = (feats * mask).sum(dim=1, keepdim=True) / count
+        centred = torch.where(mask > 0, feats - mean, 0.0)
+        if self.std_norm:
+            std = torch.sqrt((centred**2).sum(dim=1, keepdim=True) / count)
+            centred = centred / torch.where(std > self.min_std, std, 1.0)
+        return centred
+

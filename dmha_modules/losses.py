@@ -1,0 +1,252 @@
+"""Classification heads and losses for speakers and age.
+
+- ``Classifier``: the original's ``e3 = Linear(400, 400)(e2)`` followed by a
+  cosine (AM-Softmax) or linear output layer, ``(B, 1, C)`` as SpeechBrain's
+  classifiers.
+- ``AMSoftmaxLoss``: additive-margin softmax on cosines, optional annealing.
+- ``ClassWeightedCrossEntropy``: cross-entropy weighting class ``c`` by
+  ``1 - n_c / N``.
+- ``OrdinalRegressionLoss``: cumulative targets with squared error.
+- ``AgeRegressionHead`` and ``AgeRegressionLoss``: age in years (L1 or
+  smooth-L1), which the original did not have.
+"""
+
+import torch
+import torch.nn.functional as F
+
+
+def batch_scores(x):
+    """Scores ``(B, 1, C)`` (SpeechBrain's layout) or ``(B, C)`` as ``(B, C)``."""
+    return x.reshape(x.shape[0], -1)
+
+
+def batch_targets(y):
+    """Targets ``(B, 1)`` (SpeechBrain's layout) or ``(B,)`` as ``(B,)``."""
+    return y.reshape(-1)
+
+
+class Classifier(torch.nn.Module):
+    """Pre-layer ``e3 = Linear(e2)`` and a cosine or linear output layer.
+
+    With ``cosine`` (for AM-Softmax) the output is the cosine between ``e3``
+    and each class weight (Xavier-normal, as the original); otherwise plain
+    logits ``e3 W + b`` (for cross-entropy and ordinal losses).
+
+    Arguments
+    ---------
+    input_size : int
+        Embedding size.
+    n_classes : int
+        Number of classes.
+    hidden_size : int
+        Size of the pre-layer ``e3``.
+    cosine : bool
+        Output cosines instead of logits.
+
+    Example
+    -------
+    >>> classifier = Classifier(input_size=8, n_classes=3, hidden_size=8)
+    >>> cosines = classifier(torch.rand(4, 1, 8))
+    >>> cosines.shape, bool((cosines.abs() <= 1).all())
+    (torch.Size([4, 1, 3]), True)
+    """
+
+    def __init__(self, input_size=400, n_classes=2, hidden_size=400, cosine=True):
+        super().__init__()
+        self.pre_layer = torch.nn.Linear(input_size, hidden_size)
+        self.weight = torch.nn.Parameter(
+            torch.nn.init.xavier_normal_(torch.empty(hidden_size, n_classes))
+        )
+        self.bias = None if cosine else torch.nn.Parameter(torch.zeros(n_classes))
+        self.cosine = cosine
+
+    def forward(self, embeddings):
+        """Maps embeddings ``(B, 1, E)`` or ``(B, E)`` to ``(B, 1, n_classes)``."""
+        hidden = self.pre_layer(embeddings.reshape(embeddings.shape[0], -1))
+        if self.cosine:
+            out = F.normalize(hidden, dim=1) @ F.normalize(self.weight, dim=0)
+        else:
+            out = hidden @ self.weight + self.bias
+        return out.unsqueeze(1)
+
+
+class AMSoftmaxLoss(torch.nn.Module):
+    """Additive-margin softmax: cross-entropy of ``s * (cos - m * onehot)``.
+
+    With ``annealing``, the margin cosine is mixed with the plain one as
+    ``(cos_m + alpha cos) / (1 + alpha)``, ``alpha = max(0, 1000 / (1 +
+    1e-4 step)^2)``, where ``step`` counts the training calls (a buffer, so it
+    is checkpointed).
+
+    Arguments
+    ---------
+    margin : float
+        Additive margin ``m``.
+    scale : float
+        Scale ``s``.
+    annealing : bool
+        Start from plain cosine softmax and anneal towards the margin.
+
+    Example
+    -------
+    >>> loss = AMSoftmaxLoss(margin=0.4, scale=30.0)
+    >>> cosines = torch.tensor([[[0.9, 0.1]]])
+    >>> round(loss(cosines, torch.tensor([0])).item(), 4)  # log(1 + exp(30 * (0.1 - 0.5)))
+    0.0
+    >>> round(loss(cosines, torch.tensor([1])).item(), 2)  # log(1 + exp(30 * (0.9 - (0.1 - 0.4))))
+    36.0
+    """
+
+    def __init__(self, margin=0.4, scale=30.0, annealing=False):
+        super().__init__()
+        self.margin = margin
+        self.scale = scale
+        self.annealing = annealing
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    def logits(self, cosines, targets):
+        """Margin logits ``(B, C)`` from cosines ``(B, 1, C)`` and class indices ``(B,)``."""
+        cosines = batch_scores(cosines)
+        onehot = F.one_hot(batch_targets(targets), cosines.shape[1]).to(cosines.dtype)
+        margin_cosines = cosines - self.margin * onehot
+        if self.annealing:
+            alpha = max(0.0, 1000.0 / (1.0 + 1e-4 * self.step.item()) ** 2)
+            margin_cosines = (margin_cosines + alpha * cosines) / (1 + alpha)
+        return self.scale * margin_cosines
+
+    def forward(self, cosines, targets):
+        """Loss of cosines ``(B, 1, C)`` for class indices ``(B,)`` or ``(B, 1)``."""
+        logits = self.logits(cosines, targets)
+        if self.training:
+            self.step += 1
+        return F.cross_entropy(logits, batch_targets(targets))
+
+
+class ClassWeightedCrossEntropy(torch.nn.Module):
+    """Cross-entropy with class ``c`` weighted by ``1 - n_c / N``.
+
+    The weights live in a buffer (checkpointed with the model); they start
+    uniform and are set from the training label counts by ``set_class_counts``.
+
+    Arguments
+    ---------
+    n_classes : int
+        Number of classes.
+
+    Example
+    -------
+    >>> loss = ClassWeightedCrossEntropy(n_classes=2)
+    >>> loss.set_class_counts([30, 10])
+    >>> loss.weight
+    tensor([0.2500, 0.7500])
+    """
+
+    def __init__(self, n_classes):
+        super().__init__()
+        self.register_buffer("weight", torch.ones(n_classes))
+
+    def set_class_counts(self, counts):
+        """Sets the weights from per-class training counts ``n_c``."""
+        counts = torch.as_tensor(counts, dtype=torch.float, device=self.weight.device)
+        self.weight.copy_(1 - counts / counts.sum())
+
+    def forward(self, logits, targets):
+        """Loss of logits ``(B, 1, C)`` for class indices ``(B,)`` or ``(B, 1)``."""
+        return F.cross_entropy(batch_scores(logits), batch_targets(targets), weight=self.weight)
+
+
+class OrdinalRegressionLoss(torch.nn.Module):
+    """Ordinal regression of the age variant: class ``y`` of ``C`` targets
+    ``[1] * (y + 1) + [0] * (C - y - 1)``, squared error against
+    ``sigmoid(logits)`` summed over outputs and averaged over the batch.
+
+    Example
+    -------
+    >>> loss = OrdinalRegressionLoss()
+    >>> logits = torch.tensor([[[9.0, 9.0, -9.0]]])
+    >>> loss(logits, torch.tensor([1])).item() < 1e-6
+    True
+    >>> OrdinalRegressionLoss.predict(logits)
+    tensor([1])
+    """
+
+    def forward(self, logits, targets):
+        """Loss of logits ``(B, 1, C)`` for class indices ``(B,)`` or ``(B, 1)``."""
+        logits = batch_scores(logits)
+        steps = torch.arange(logits.shape[1], device=logits.device)
+        cumulative = (steps <= batch_targets(targets).unsqueeze(1)).to(logits.dtype)
+        return ((torch.sigmoid(logits) - cumulative) ** 2).sum(dim=1).mean()
+
+    @staticmethod
+    def predict(logits):
+        """Class indices ``(B,)``: leading outputs above 0.5, minus one (at least 0)."""
+        above = (batch_scores(logits) > 0).long()
+        return (above.cumprod(dim=1).sum(dim=1) - 1).clamp(min=0)
+
+
+class AgeRegressionHead(torch.nn.Module):
+    """Age in years from an embedding: ``mean + std * Linear(e2)``.
+
+    ``mean`` and ``std`` (buffers) are the training ages' statistics, so the
+    linear layer works on a unit scale; set them with ``set_age_stats``.
+
+    Arguments
+    ---------
+    input_size : int
+        Embedding size.
+
+    Example
+    -------
+    >>> head = AgeRegressionHead(input_size=8)
+    >>> head.set_age_stats(mean=25.0, std=10.0)
+    >>> head(torch.rand(4, 1, 8)).shape
+    torch.Size([4])
+    """
+
+    def __init__(self, input_size=400):
+        super().__init__()
+        self.linear = torch.nn.Linear(input_size, 1)
+        self.register_buffer("mean", torch.zeros(()))
+        self.register_buffer("std", torch.ones(()))
+
+    def set_age_stats(self, mean, std):
+        """Sets the training ages' mean and standard deviation (years)."""
+        self.mean.fill_(float(mean))
+        self.std.fill_(max(float(std), 1e-3))
+
+    def forward(self, embeddings):
+        """Ages in years ``(B,)`` from embeddings ``(B, 1, E)`` or ``(B, E)``."""
+        unit = self.linear(embeddings.reshape(embeddings.shape[0], -1)).squeeze(1)
+        return self.mean + self.std * unit
+
+
+class AgeRegressionLoss(torch.nn.Module):
+    """L1 or smooth-L1 (Huber, ``beta`` years) between predicted and true ages.
+
+    Arguments
+    ---------
+    kind : str
+        ``"l1"`` or ``"smooth_l1"``.
+    beta : float
+        Smooth-L1 threshold in years.
+
+    Example
+    -------
+    >>> loss = AgeRegressionLoss("smooth_l1", beta=2.0)
+    >>> loss(torch.tensor([30.0, 21.0]), torch.tensor([20.0, 20.0])).item()  # (9 + 0.25) / 2
+    4.625
+    """
+
+    def __init__(self, kind="l1", beta=1.0):
+        super().__init__()
+        if kind not in ("l1", "smooth_l1"):
+            raise ValueError(f"Unknown kind {kind!r}; expected 'l1' or 'smooth_l1'")
+        self.kind = kind
+        self.beta = beta
+
+    def forward(self, predicted, target):
+        """Mean loss of predicted ages ``(B,)`` against true ages ``(B,)`` or ``(B, 1)``."""
+        target = batch_targets(target).to(predicted.dtype)
+        if self.kind == "l1":
+            return F.l1_loss(predicted, target)
+        return F.smooth_l1_loss(predicted, target, beta=self.beta)

@@ -1,0 +1,103 @@
+"""The embedding model: front-end, attention pooling and the 400-d embedding block."""
+
+import torch
+
+from dmha_modules.encoders import VGG3L, VGG4L, ResNet
+from dmha_modules.pooling import AttentionPooling, DoubleMHAPooling, MHAPooling
+
+FRONT_ENDS = {"VGG3L": VGG3L, "VGG4L": VGG4L, "ResNet": ResNet}
+
+
+class EmbeddingModel(torch.nn.Module):
+    """Speaker (or age) embedding model of the original code, SpeechBrain-style.
+
+    ``c = pooling(front_end(feats))``, ``e1 = ReLU(Linear(c))``,
+    ``e2 = BN(ReLU(Linear(e1)))``; the embedding is ``e2``. In training,
+    dropout (``dropout``; the age variant used 0.5) follows e1 and e2.
+
+    Every size is a constructor argument, so a YAML file can build each row of
+    the paper's table (e.g. ``front_end="VGG4L", channels=1024,
+    pooling="DoubleMHA", heads=16``).
+
+    Arguments
+    ---------
+    input_size : int
+        Features per frame.
+    front_end : str
+        ``"VGG3L"``, ``"VGG4L"`` or ``"ResNet"``.
+    channels : int
+        Channels ``k`` of the front-end.
+    pooling : str
+        ``"Attention"``, ``"MHA"`` or ``"DoubleMHA"``.
+    heads : int
+        Attention heads (MHA and DoubleMHA).
+    mask_prob : float
+        Head-drop probability of DoubleMHA in training.
+    emb_dim : int
+        Embedding size.
+    dropout : float
+        Dropout after e1 and e2 in training.
+
+    Example
+    -------
+    >>> model = EmbeddingModel(front_end="VGG3L", channels=16, heads=4, emb_dim=32)
+    >>> model.eval()(torch.rand(3, 50, 80), torch.tensor([1.0, 0.8, 0.5])).shape
+    torch.Size([3, 1, 32])
+    """
+
+    def __init__(
+        self,
+        input_size=80,
+        front_end="VGG4L",
+        channels=1024,
+        pooling="DoubleMHA",
+        heads=16,
+        mask_prob=0.3,
+        emb_dim=400,
+        dropout=0.0,
+    ):
+        super().__init__()
+        if front_end not in FRONT_ENDS:
+            raise ValueError(f"Unknown front_end {front_end!r}; expected one of {list(FRONT_ENDS)}")
+        self.front_end = FRONT_ENDS[front_end](channels=channels, input_size=input_size)
+        size = self.front_end.output_size
+        if pooling == "Attention":
+            self.pooling = AttentionPooling(size)
+        elif pooling == "MHA":
+            self.pooling = MHAPooling(size, heads)
+        elif pooling == "DoubleMHA":
+            self.pooling = DoubleMHAPooling(size, heads, mask_prob)
+        else:
+            raise ValueError(f"Unknown pooling {pooling!r}; expected Attention, MHA or DoubleMHA")
+        self.fc1 = torch.nn.Linear(self.pooling.output_size, emb_dim)
+        self.fc2 = torch.nn.Linear(emb_dim, emb_dim)
+        self.norm = torch.nn.BatchNorm1d(emb_dim)
+        self.dropout = torch.nn.Dropout(dropout)
+
+    def forward(self, feats, lengths=None, return_weights=False):
+        """Embeds features.
+
+        Arguments
+        ---------
+        feats : torch.Tensor
+            Features ``(B, T, input_size)``, padded frames zero.
+        lengths : torch.Tensor, optional
+            Relative lengths ``(B,)`` in frames.
+        return_weights : bool
+            Also return the pooling's attention weights (for plots).
+
+        Returns
+        -------
+        torch.Tensor
+            Embeddings ``(B, 1, emb_dim)`` (and the weights, if asked).
+        """
+        encoded = self.front_end(feats, lengths)
+        if lengths is not None:
+            lengths = self.front_end.output_lengths(lengths, feats.shape[1])
+        pooled = self.pooling(encoded, lengths, return_weights=return_weights)
+        if return_weights:
+            pooled, weights = pooled
+        e1 = self.dropout(torch.relu(self.fc1(pooled)))
+        e2 = self.dropout(self.norm(torch.relu(self.fc2(e1))))
+        embeddings = e2.unsqueeze(1)
+        return (embeddings, weights) if return_weights else embeddings
