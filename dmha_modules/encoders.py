@@ -199,9 +199,13 @@ class BasicBlock(torch.nn.Module):
 
     def __init__(self, in_channels, out_channels):
         super().__init__()
-        self.conv1 = torch.nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+        self.conv1 = torch.nn.Conv2d(
+            in_channels, out_channels, 3, padding=1, bias=False
+        )
         self.bn1 = torch.nn.BatchNorm2d(out_channels)
-        self.conv2 = torch.nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.conv2 = torch.nn.Conv2d(
+            out_channels, out_channels, 3, padding=1, bias=False
+        )
         self.bn2 = torch.nn.BatchNorm2d(out_channels)
         self.shortcut = None
         if in_channels != out_channels:

@@ -189,4 +189,3 @@ class UtteranceNorm(torch.nn.Module):
             std = torch.sqrt((centred**2).sum(dim=1, keepdim=True) / count)
             centred = centred / torch.where(std > self.min_std, std, 1.0)
         return centred
-

@@ -152,7 +152,9 @@ class ClassWeightedCrossEntropy(torch.nn.Module):
 
     def forward(self, logits, targets):
         """Loss of logits ``(B, 1, C)`` for class indices ``(B,)`` or ``(B, 1)``."""
-        return F.cross_entropy(batch_scores(logits), batch_targets(targets), weight=self.weight)
+        return F.cross_entropy(
+            batch_scores(logits), batch_targets(targets), weight=self.weight
+        )
 
 
 class OrdinalRegressionLoss(torch.nn.Module):

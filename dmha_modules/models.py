@@ -58,7 +58,9 @@ class EmbeddingModel(torch.nn.Module):
     ):
         super().__init__()
         if front_end not in FRONT_ENDS:
-            raise ValueError(f"Unknown front_end {front_end!r}; expected one of {list(FRONT_ENDS)}")
+            raise ValueError(
+                f"Unknown front_end {front_end!r}; expected one of {list(FRONT_ENDS)}"
+            )
         self.front_end = FRONT_ENDS[front_end](channels=channels, input_size=input_size)
         size = self.front_end.output_size
         if pooling == "Attention":
@@ -68,7 +70,9 @@ class EmbeddingModel(torch.nn.Module):
         elif pooling == "DoubleMHA":
             self.pooling = DoubleMHAPooling(size, heads, mask_prob)
         else:
-            raise ValueError(f"Unknown pooling {pooling!r}; expected Attention, MHA or DoubleMHA")
+            raise ValueError(
+                f"Unknown pooling {pooling!r}; expected Attention, MHA or DoubleMHA"
+            )
         self.fc1 = torch.nn.Linear(self.pooling.output_size, emb_dim)
         self.fc2 = torch.nn.Linear(emb_dim, emb_dim)
         self.norm = torch.nn.BatchNorm1d(emb_dim)

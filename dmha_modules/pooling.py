@@ -83,7 +83,9 @@ class MHAPooling(torch.nn.Module):
     def __init__(self, input_size, heads):
         super().__init__()
         if input_size % heads:
-            raise ValueError(f"input_size {input_size} is not a multiple of heads {heads}")
+            raise ValueError(
+                f"input_size {input_size} is not a multiple of heads {heads}"
+            )
         self.heads = heads
         self.head_size = input_size // heads
         self.queries = learned_vector(heads, self.head_size)

@@ -1,0 +1,111 @@
+"""Front-ends and the embedding model: sizes, length bookkeeping, padding invariance."""
+
+import math
+
+import pytest
+import torch
+
+from dmha_modules.encoders import VGG3L, VGG4L, ResNet
+from dmha_modules.features import LogMelFeatures, UtteranceNorm
+from dmha_modules.models import EmbeddingModel
+
+FRONT_ENDS = ["VGG3L", "VGG4L", "ResNet"]
+POOLINGS = ["Attention", "MHA", "DoubleMHA"]
+
+
+@pytest.mark.parametrize(
+    "front_end, channels, frames, out_frames, out_size",
+    [
+        # SPEC: VGG4L -> (ceil(T/16), k * ceil(80/16)); VGG3L -> (ceil(T/8), 10 k);
+        # ResNet -> (ceil(T/2), k/2).
+        (VGG4L(channels=1024), 1024, 350, 22, 5120),
+        (VGG3L(channels=64), 64, 33, 5, 640),
+        (ResNet(channels=64), 64, 33, 17, 32),
+    ],
+)
+def test_output_sizes_follow_spec(front_end, channels, frames, out_frames, out_size):
+    assert front_end.output_size == out_size
+    assert front_end.output_steps(frames) == out_frames
+    if channels <= 64:
+        assert front_end(torch.rand(2, frames, 80)).shape == (2, out_frames, out_size)
+
+
+@pytest.mark.parametrize("front_end", [VGG3L(channels=16), VGG4L(channels=16), ResNet(channels=16)])
+def test_output_lengths_give_valid_output_steps(front_end):
+    frames = torch.tensor([100, 37, 1])
+    lengths = frames / 100
+    expected = [front_end.output_steps(int(n)) for n in frames]
+    relative = front_end.output_lengths(lengths, 100)
+    total = front_end.output_steps(100)
+    assert torch.round(relative * total).long().tolist() == expected
+
+
+def noisy_tone(seconds, seed):
+    """A waveform with speech-like structure: harmonics of a seed-dependent pitch with vibrato, plus noise."""
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.arange(int(seconds * 16000)) / 16000
+    f0 = 90 + 25 * seed + 20 * torch.sin(2 * math.pi * (2 + seed) * t)
+    phase = 2 * math.pi * torch.cumsum(f0, 0) / 16000
+    wav = sum(torch.sin(k * phase) / k for k in range(1, 6)) * 0.1
+    return wav + 0.01 * torch.randn(t.shape, generator=gen)
+
+
+def calibrate_batch_norms(model, embed):
+    """Sets BN statistics from a batch of varied utterances, as training would.
+
+    With its initial statistics an untrained model's embedding is dominated by
+    constant biases, so any two inputs look alike; calibrated BN removes those,
+    and the embedding then depends on the input (checked in the test).
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None
+    wavs = torch.stack([noisy_tone(1.0, seed) for seed in range(3, 11)])
+    model.train()
+    with torch.no_grad():
+        embed(wavs, torch.ones(len(wavs)))
+    model.eval()
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+@pytest.mark.parametrize("front_end", FRONT_ENDS)
+def test_embedding_is_the_same_alone_and_padded(front_end, pooling):
+    torch.manual_seed(0)
+    compute_features, norm = LogMelFeatures(16000), UtteranceNorm()
+    model = EmbeddingModel(front_end=front_end, channels=32, pooling=pooling, heads=4, emb_dim=64)
+
+    def embed(wavs, lengths):
+        frame_lengths = compute_features.frame_lengths(lengths, wavs.shape[1])
+        feats = norm(compute_features(wavs, lengths), frame_lengths)
+        return model(feats, frame_lengths)[:, 0]
+
+    calibrate_batch_norms(model, embed)
+    short, long = noisy_tone(1.03, seed=1), noisy_tone(3 * 1.03, seed=2)
+    batch = torch.zeros(2, long.numel())
+    batch[0, : short.numel()], batch[1] = short, long
+    wav_lengths = torch.tensor([short.numel() / long.numel(), 1.0])
+    with torch.no_grad():
+        alone = embed(short[None], torch.ones(1))[0]
+        long_alone = embed(long[None], torch.ones(1))[0]
+        padded = embed(batch, wav_lengths)
+
+    cosine = torch.nn.functional.cosine_similarity
+    # The embedding tells the two utterances apart, so the check below has teeth.
+    assert cosine(alone, long_alone, dim=0) < 0.99
+    assert cosine(alone, padded[0], dim=0) >= 0.99999
+    # The long utterance is unaffected by being batched with a short one.
+    assert cosine(long_alone, padded[1], dim=0) >= 0.99999
+
+
+def test_attention_weights_are_returned_for_plots():
+    model = EmbeddingModel(front_end="VGG3L", channels=16, pooling="DoubleMHA", heads=4).eval()
+    feats = torch.randn(2, 40, 80)
+    embeddings, (time_weights, head_weights) = model(
+        feats, torch.tensor([1.0, 0.5]), return_weights=True
+    )
+    assert embeddings.shape == (2, 1, 400)
+    # 40 frames -> 5 steps; the second utterance has 20 frames -> 3 valid steps.
+    assert time_weights.shape == (2, 5, 4) and head_weights.shape == (2, 4)
+    torch.testing.assert_close(time_weights.sum(dim=1), torch.ones(2, 4))
+    assert time_weights[1, 3:].abs().max() == 0
