@@ -21,6 +21,14 @@ class ConvFrontEnd(torch.nn.Module):
     Subclasses set ``output_size``, implement ``output_steps`` (valid input
     steps to valid output steps) and ``encode`` (a 4-D channels-last batch
     ``(B, 1, T, F)`` to the flattened sequence ``(B, T', D)``).
+
+    Example
+    -------
+    >>> front_end = VGG4L(channels=16)  # halves time four times, ceil
+    >>> front_end.output_steps(40), front_end.output_steps(20)
+    (3, 2)
+    >>> front_end.output_lengths(torch.tensor([1.0, 0.5]), 40)
+    tensor([1.0000, 0.6667])
     """
 
     output_size = None
