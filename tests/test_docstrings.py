@@ -18,5 +18,9 @@ def public_classes():
 def test_every_public_class_has_a_runnable_example():
     classes = list(public_classes())
     assert len(classes) >= 10
-    missing = [f"{mod}.{name}" for mod, name, cls in classes if ">>>" not in (cls.__doc__ or "")]
+    missing = [
+        f"{mod}.{name}"
+        for mod, name, cls in classes
+        if ">>>" not in (cls.__doc__ or "")
+    ]
     assert not missing, f"public classes without a docstring example: {missing}"

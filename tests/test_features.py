@@ -24,7 +24,14 @@ def librosa_log_mel(y, sr, n_mels=80):
     side = (n_fft - win) // 2
     y = np.pad(y, (side, n_fft - win - side))
     magnitude = np.abs(
-        librosa.stft(y, n_fft=n_fft, hop_length=hop, win_length=win, window="hamming", center=False)
+        librosa.stft(
+            y,
+            n_fft=n_fft,
+            hop_length=hop,
+            win_length=win,
+            window="hamming",
+            center=False,
+        )
     )
     mel = librosa.feature.melspectrogram(
         S=magnitude, sr=sr, n_mels=n_mels, fmin=0, fmax=sr / 2, norm=None
@@ -34,7 +41,11 @@ def librosa_log_mel(y, sr, n_mels=80):
 
 def real_speech(shared_data):
     """A few real utterances at 16 kHz (speechocean762) and 8 kHz (FSDD)."""
-    scp = (shared_data / "speechocean762" / "train" / "wav.scp").read_text().splitlines()[:3]
+    scp = (
+        (shared_data / "speechocean762" / "train" / "wav.scp")
+        .read_text()
+        .splitlines()[:3]
+    )
     paths = [shared_data / "speechocean762" / line.split()[1] for line in scp]
     paths += sorted((shared_data / "fsdd" / "george").glob("*.flac"))[:3]
     return paths
@@ -46,8 +57,16 @@ def test_matches_librosa_on_real_speech(shared_data):
         y, sr = sf.read(path, dtype="float32")
         rates.add(sr)
         reference = librosa_log_mel(y, sr)
-        ours = LogMelFeatures(sample_rate=sr)(torch.from_numpy(y)[None])[0].double().numpy()
-        assert ours.shape == reference.shape == (1 + (len(y) - int(0.025 * sr)) // int(0.01 * sr), 80)
+        ours = (
+            LogMelFeatures(sample_rate=sr)(torch.from_numpy(y)[None])[0]
+            .double()
+            .numpy()
+        )
+        assert (
+            ours.shape
+            == reference.shape
+            == (1 + (len(y) - int(0.025 * sr)) // int(0.01 * sr), 80)
+        )
         assert np.abs(ours - reference).max() <= 1e-3, path
         # CMN and CMVN as SPEC step 6 defines them.
         cmn = UtteranceNorm()(torch.from_numpy(ours)[None])[0].numpy()
@@ -64,8 +83,14 @@ def test_matches_librosa_at_other_rates(sample_rate):
     # Above 20.48 kHz the 25 ms window exceeds 512 samples and n_fft grows to it.
     rng = np.random.default_rng(0)
     t = np.arange(int(0.7 * sample_rate)) / sample_rate
-    y = (0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
-    ours = LogMelFeatures(sample_rate=sample_rate)(torch.from_numpy(y)[None])[0].double().numpy()
+    y = (0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(t.size)).astype(
+        np.float32
+    )
+    ours = (
+        LogMelFeatures(sample_rate=sample_rate)(torch.from_numpy(y)[None])[0]
+        .double()
+        .numpy()
+    )
     assert np.abs(ours - librosa_log_mel(y, sample_rate)).max() <= 1e-3
 
 

@@ -24,14 +24,18 @@ def am_softmax_reference(cosines, targets, m, s, alpha=0.0):
     for row, y in zip(cosines.tolist(), targets.tolist()):
         target_logit = s * (row[y] - m + alpha * row[y]) / (1 + alpha)
         others = [s * c for j, c in enumerate(row) if j != y]
-        total += -target_logit + math.log(math.exp(target_logit) + sum(math.exp(o) for o in others))
+        total += -target_logit + math.log(
+            math.exp(target_logit) + sum(math.exp(o) for o in others)
+        )
     return total / len(targets)
 
 
 def test_am_softmax_matches_formula():
     loss = AMSoftmaxLoss(margin=0.4, scale=30.0)
     value = loss(COSINES.unsqueeze(1), TARGETS.unsqueeze(1))
-    assert value.item() == pytest.approx(am_softmax_reference(COSINES, TARGETS, 0.4, 30.0), rel=1e-5)
+    assert value.item() == pytest.approx(
+        am_softmax_reference(COSINES, TARGETS, 0.4, 30.0), rel=1e-5
+    )
 
 
 def test_am_softmax_annealing_follows_its_schedule():
@@ -50,21 +54,30 @@ def test_class_weighted_cross_entropy_matches_formula():
     weights = [1 - n / sum(counts) for n in counts]  # 0.5, 0.7, 0.8
     logits = COSINES * 5
     # PyTorch's weighted mean: sum_i w_{y_i} nll_i / sum_i w_{y_i}.
-    nll = [-torch.log_softmax(row, 0)[y].item() for row, y in zip(logits, TARGETS.tolist())]
+    nll = [
+        -torch.log_softmax(row, 0)[y].item() for row, y in zip(logits, TARGETS.tolist())
+    ]
     w = [weights[y] for y in TARGETS.tolist()]
     expected = sum(wi * li for wi, li in zip(w, nll)) / sum(w)
-    assert loss(logits.unsqueeze(1), TARGETS).item() == pytest.approx(expected, rel=1e-5)
+    assert loss(logits.unsqueeze(1), TARGETS).item() == pytest.approx(
+        expected, rel=1e-5
+    )
 
 
 def test_ordinal_regression_matches_formula_and_decodes():
     logits = torch.tensor([[2.0, 0.5, -1.0, -3.0], [1.0, -0.2, 0.3, -2.0]])
     targets = torch.tensor([1, 3])
     cumulative = [[1, 1, 0, 0], [1, 1, 1, 1]]  # [1]*(y+1) + [0]*(C-y-1)
-    expected = sum(
-        sum((1 / (1 + math.exp(-z)) - t) ** 2 for z, t in zip(row, target))
-        for row, target in zip(logits.tolist(), cumulative)
-    ) / 2
-    assert OrdinalRegressionLoss()(logits, targets).item() == pytest.approx(expected, rel=1e-6)
+    expected = (
+        sum(
+            sum((1 / (1 + math.exp(-z)) - t) ** 2 for z, t in zip(row, target))
+            for row, target in zip(logits.tolist(), cumulative)
+        )
+        / 2
+    )
+    assert OrdinalRegressionLoss()(logits, targets).item() == pytest.approx(
+        expected, rel=1e-6
+    )
     # Leading outputs above 0.5: two in the first row, one in the second (a gap stops it).
     assert OrdinalRegressionLoss.predict(logits).tolist() == [1, 0]
 
@@ -81,7 +94,9 @@ def test_classifier_outputs_cosines_of_the_pre_layer():
             expected = (hidden[b] @ w) / (hidden[b].norm() * w.norm())
             assert out[b, 0, c].item() == pytest.approx(expected.item(), abs=1e-6)
     linear = Classifier(input_size=6, n_classes=4, hidden_size=5, cosine=False)
-    torch.testing.assert_close(linear(x)[:, 0], linear.pre_layer(x[:, 0]) @ linear.weight + linear.bias)
+    torch.testing.assert_close(
+        linear(x)[:, 0], linear.pre_layer(x[:, 0]) @ linear.weight + linear.bias
+    )
 
 
 def test_age_regression_head_and_losses_in_years():
@@ -92,7 +107,11 @@ def test_age_regression_head_and_losses_in_years():
     torch.testing.assert_close(head(x), expected)
 
     predicted, true = torch.tensor([25.0, 18.5, 40.0]), torch.tensor([20.0, 20.0, 39.0])
-    assert AgeRegressionLoss("l1")(predicted, true).item() == pytest.approx((5 + 1.5 + 1) / 3)
+    assert AgeRegressionLoss("l1")(predicted, true).item() == pytest.approx(
+        (5 + 1.5 + 1) / 3
+    )
     # Huber with beta 2: |e| - beta/2 above beta, e^2 / (2 beta) below.
     huber = (5 - 1) + (1.5**2 / 4) + (1 / 4)
-    assert AgeRegressionLoss("smooth_l1", beta=2.0)(predicted, true).item() == pytest.approx(huber / 3)
+    assert AgeRegressionLoss("smooth_l1", beta=2.0)(
+        predicted, true
+    ).item() == pytest.approx(huber / 3)

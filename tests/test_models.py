@@ -30,7 +30,9 @@ def test_output_sizes_follow_spec(front_end, channels, frames, out_frames, out_s
         assert front_end(torch.rand(2, frames, 80)).shape == (2, out_frames, out_size)
 
 
-@pytest.mark.parametrize("front_end", [VGG3L(channels=16), VGG4L(channels=16), ResNet(channels=16)])
+@pytest.mark.parametrize(
+    "front_end", [VGG3L(channels=16), VGG4L(channels=16), ResNet(channels=16)]
+)
 def test_output_lengths_give_valid_output_steps(front_end):
     frames = torch.tensor([100, 37, 1])
     lengths = frames / 100
@@ -73,7 +75,9 @@ def calibrate_batch_norms(model, embed):
 def test_embedding_is_the_same_alone_and_padded(front_end, pooling):
     torch.manual_seed(0)
     compute_features, norm = LogMelFeatures(16000), UtteranceNorm()
-    model = EmbeddingModel(front_end=front_end, channels=32, pooling=pooling, heads=4, emb_dim=64)
+    model = EmbeddingModel(
+        front_end=front_end, channels=32, pooling=pooling, heads=4, emb_dim=64
+    )
 
     def embed(wavs, lengths):
         frame_lengths = compute_features.frame_lengths(lengths, wavs.shape[1])
@@ -99,7 +103,9 @@ def test_embedding_is_the_same_alone_and_padded(front_end, pooling):
 
 
 def test_attention_weights_are_returned_for_plots():
-    model = EmbeddingModel(front_end="VGG3L", channels=16, pooling="DoubleMHA", heads=4).eval()
+    model = EmbeddingModel(
+        front_end="VGG3L", channels=16, pooling="DoubleMHA", heads=4
+    ).eval()
     feats = torch.randn(2, 40, 80)
     embeddings, (time_weights, head_weights) = model(
         feats, torch.tensor([1.0, 0.5]), return_weights=True

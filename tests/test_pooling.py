@@ -36,7 +36,9 @@ def reference_head_contexts(h, queries):
     contexts = []
     for j in range(heads):
         slice_j = h[:, j * d : (j + 1) * d]
-        scores = torch.stack([slice_j[t] @ queries[j] for t in range(len(h))]) / math.sqrt(heads)
+        scores = torch.stack(
+            [slice_j[t] @ queries[j] for t in range(len(h))]
+        ) / math.sqrt(heads)
         a = softmax(scores)
         contexts.append(sum(a[t] * slice_j[t] for t in range(len(h))))
     return contexts
@@ -75,7 +77,9 @@ def test_double_mha_matches_reference():
     out = pooling(x, lengths)
     assert out.shape == (len(STEPS), D // H)
     for b, n in enumerate(STEPS):
-        expected = reference_double_mha(x[b, :n], pooling.mha.queries, pooling.head_attention[0])
+        expected = reference_double_mha(
+            x[b, :n], pooling.mha.queries, pooling.head_attention[0]
+        )
         assert (out[b] - expected).abs().max() <= 1e-5
 
 
@@ -89,7 +93,9 @@ def test_head_dropout_drops_the_given_fraction_and_attends_over_the_rest():
     assert 0.22 <= dropped.float().mean() <= 0.26
     for b in range(20):
         kept = [j for j in range(H) if not dropped[b, j]]
-        expected = reference_double_mha(x[b], pooling.mha.queries, pooling.head_attention[0], kept)
+        expected = reference_double_mha(
+            x[b], pooling.mha.queries, pooling.head_attention[0], kept
+        )
         assert (out[b] - expected).abs().max() <= 1e-5
 
 
@@ -101,7 +107,9 @@ def test_every_head_dropped_stays_finite():
     torch.testing.assert_close(out, pooling.eval()(x, lengths))
 
 
-@pytest.mark.parametrize("pooling", [AttentionPooling(D), MHAPooling(D, H), DoubleMHAPooling(D, H)])
+@pytest.mark.parametrize(
+    "pooling", [AttentionPooling(D), MHAPooling(D, H), DoubleMHAPooling(D, H)]
+)
 def test_padded_steps_get_no_attention(pooling):
     x, lengths = padded_batch()
     garbage = x.clone()

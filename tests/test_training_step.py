@@ -11,7 +11,11 @@ def training_step(mask_prob):
     torch.manual_seed(0)
     compute_features, norm = LogMelFeatures(16000), UtteranceNorm()
     model = EmbeddingModel(
-        front_end="VGG4L", channels=32, pooling="DoubleMHA", heads=4, mask_prob=mask_prob
+        front_end="VGG4L",
+        channels=32,
+        pooling="DoubleMHA",
+        heads=4,
+        mask_prob=mask_prob,
     ).train()
     classifier = Classifier(input_size=400, n_classes=3)
     loss_fn = AMSoftmaxLoss(margin=0.4, scale=30.0)

@@ -1,0 +1,440 @@
+#!/usr/bin/env python3
+"""Trains a Double Multi-Head Attention model for age groups or speakers.
+
+One recipe, two tasks, chosen by the YAML file:
+
+    python recipes/train.py hparams/age.yaml       # age groups (+ years)
+    python recipes/train.py hparams/speaker.yaml   # speaker verification
+
+Every setting lives in the YAML and can be overridden on the command line
+(``--data_folder ...``, ``--number_of_epochs 5``, ...). Multi-process training:
+``torchrun --nproc_per_node=N recipes/train.py hparams/age.yaml`` (gloo on
+CPU, nccl on GPU). Rerunning the same command resumes from the last checkpoint.
+
+Outputs, in ``output_folder``: ``train_log.txt``, ``test_metrics.json``,
+``confusion_matrix.png`` (age) or ``verification_scores.png`` (speaker),
+``embeddings_pca.png`` and ``model/`` (the best checkpoint with its
+hyperparameters).
+"""
+
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+import soundfile
+import speechbrain as sb
+import torch
+import torchaudio
+from hyperpyyaml import load_hyperpyyaml
+from speechbrain.utils.distributed import if_main_process, run_on_main
+
+from dmha_modules.data_prep import age_group
+from dmha_modules.losses import AMSoftmaxLoss, OrdinalRegressionLoss
+from dmha_modules.metrics import (
+    classification_metrics,
+    cosine_scores,
+    trial_pairs,
+    verification_metrics,
+)
+from dmha_modules.plots import (
+    plot_confusion_matrix,
+    plot_embeddings_pca,
+    plot_verification_scores,
+)
+from dmha_modules.runtime import keep_freed_memory
+
+
+class DMHABrain(sb.Brain):
+    """Trains the embedding model with a classification head (and an age head)."""
+
+    def compute_forward(self, batch, stage):
+        """Waveforms -> features -> embeddings -> class scores (and ages in years)."""
+        batch = batch.to(self.device)
+        wavs, lens = batch.sig
+        if stage == sb.Stage.TRAIN and self.hparams.wav_augment is not None:
+            wavs, lens = self.hparams.wav_augment(wavs, lens)
+        frame_lens = self.modules.compute_features.frame_lengths(lens, wavs.shape[1])
+        feats = self.modules.compute_features(wavs, lens)
+        feats = self.modules.mean_var_norm(feats, frame_lens)
+        embeddings = self.modules.embedding_model(feats, frame_lens)
+        outputs = {"embeddings": embeddings}
+        if "classifier" in self.modules:
+            outputs["scores"] = self.modules.classifier(embeddings)
+        if "age_head" in self.modules:
+            outputs["years"] = self.modules.age_head(embeddings)
+        return outputs
+
+    def compute_objectives(self, predictions, batch, stage):
+        """Group (or speaker) loss plus the weighted years loss; collects metrics."""
+        labels = batch.label.data
+        years = batch.age_years.data if self.hparams.task == "age" else None
+        if stage == sb.Stage.TRAIN and self.hparams.wav_augment is not None:
+            labels = self.hparams.wav_augment.replicate_labels(labels)
+            if years is not None:
+                years = self.hparams.wav_augment.replicate_labels(years)
+
+        loss = torch.zeros((), device=self.device)
+        # Held-out speakers are not classes: speaker validation is by trials only.
+        classify = self.hparams.task == "age" or stage == sb.Stage.TRAIN
+        if "scores" in predictions and classify:
+            # (B, C) scores and (B,) targets, so torch's own losses fit as well.
+            scores = predictions["scores"][:, 0]
+            loss = loss + self.hparams.group_loss(scores, labels.reshape(-1))
+        if "years" in predictions:
+            loss = loss + self.hparams.years_loss_weight * self.hparams.years_loss(
+                predictions["years"], years
+            )
+
+        if stage != sb.Stage.TRAIN:
+            self.collect(predictions, batch, labels, years)
+        return loss
+
+    def collect(self, predictions, batch, labels, years):
+        """Keeps what the stage-end metrics need."""
+        self.collected["labels"].append(labels.reshape(-1).cpu())
+        self.collected["embeddings"].append(predictions["embeddings"][:, 0].detach().cpu())
+        if self.hparams.task == "age":
+            groups, years_predicted = self.predict_age(predictions)
+            self.collected["predicted"].append(groups.cpu())
+            self.collected["years"].append(years.reshape(-1).float().cpu())
+            self.collected["years_predicted"].append(years_predicted.cpu())
+
+    def predict_age(self, predictions):
+        """Predicted group indices and years from the heads that were trained.
+
+        Years come from the regression head when there is one, else from the
+        group posteriors weighted by the training ages' mean per group. Groups
+        come from the classifier when there is one, else from the years.
+        """
+        years = predictions.get("years")
+        if "scores" in predictions:
+            scores = predictions["scores"][:, 0]
+            if isinstance(self.hparams.group_loss, OrdinalRegressionLoss):
+                groups = OrdinalRegressionLoss.predict(scores)
+                at_least = torch.sigmoid(scores)
+                upper = torch.cat([at_least[:, 1:], torch.zeros_like(at_least[:, :1])], 1)
+                posteriors = (at_least - upper).clamp(min=0)
+                posteriors = posteriors / posteriors.sum(1, keepdim=True).clamp(min=1e-8)
+            else:
+                scale = getattr(self.hparams.group_loss, "scale", 1.0)
+                posteriors = torch.softmax(scale * scores, dim=1)
+                groups = posteriors.argmax(dim=1)
+            if years is None:
+                years = posteriors @ self.group_centres.to(posteriors.device)
+        else:
+            groups = torch.tensor(
+                [self.group_index(y) for y in years.tolist()], device=years.device
+            )
+        return groups, years
+
+    def group_index(self, years):
+        """Index of the age group of an age in years."""
+        name = age_group(years, self.hparams.age_bins, self.hparams.age_groups)
+        return self.label_encoder.encode_label(name)
+
+    def on_stage_start(self, stage, epoch=None):
+        """Resets what the metrics are computed from."""
+        if stage != sb.Stage.TRAIN:
+            self.collected = {
+                key: []
+                for key in ("labels", "embeddings", "predicted", "years", "years_predicted")
+            }
+
+    def stage_metrics(self):
+        """Age: macro-F1, balanced accuracy, accuracy, MAE. Speaker: EER, minDCF."""
+        cat = {key: torch.cat(value) for key, value in self.collected.items() if value}
+        if self.hparams.task == "age":
+            metrics = classification_metrics(
+                cat["predicted"], cat["labels"], len(self.label_encoder)
+            )
+            metrics["mae_years"] = float((cat["years_predicted"] - cat["years"]).abs().mean())
+            return metrics, cat
+        pairs = trial_pairs(
+            cat["labels"].tolist(), max_pairs=self.hparams.max_trials, seed=self.hparams.seed
+        )
+        scores = cosine_scores(cat["embeddings"], pairs)
+        labels = torch.tensor([same for _, _, same in pairs])
+        metrics = verification_metrics(scores, labels, p_target=self.hparams.p_target)
+        metrics["trials"] = len(pairs)
+        cat["scores"], cat["trial_labels"] = scores, labels
+        return metrics, cat
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        """Logs, anneals the learning rate, checkpoints the best model, writes test outputs."""
+        if stage == sb.Stage.TRAIN:
+            self.train_loss = stage_loss
+            return
+        metrics, collected = self.stage_metrics()
+        stats = {"loss": stage_loss, **{k: v for k, v in metrics.items() if k != "confusion"}}
+        key = self.hparams.selection_metric
+        if stage == sb.Stage.VALID:
+            # The scheduler and the stopper minimise: negate metrics to maximise.
+            sign = -1 if self.hparams.selection_direction == "max" else 1
+            old_lr, new_lr = self.hparams.lr_annealing(
+                [self.optimizer], epoch, sign * metrics[key]
+            )
+            sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
+            self.hparams.epoch_counter.update_metric(sign * metrics[key])
+            self.hparams.train_logger.log_stats(
+                stats_meta={"epoch": epoch, "lr": old_lr},
+                train_stats={"loss": self.train_loss},
+                valid_stats=stats,
+            )
+            keep = {"max_keys": [key]} if sign < 0 else {"min_keys": [key]}
+            self.checkpointer.save_and_keep_only(
+                meta={key: metrics[key]}, num_to_keep=self.hparams.keep_best, **keep
+            )
+        elif stage == sb.Stage.TEST:
+            self.hparams.train_logger.log_stats(
+                stats_meta={"Epoch loaded": self.hparams.epoch_counter.current},
+                test_stats=stats,
+            )
+            if if_main_process():
+                self.write_test_outputs(metrics, collected)
+
+    def write_test_outputs(self, metrics, collected):
+        """Test metrics as JSON, and the plots a person would look at."""
+        folder = self.hparams.output_folder
+        tmp = os.path.join(folder, "test_metrics.json.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(metrics, f, indent=2)
+        os.replace(tmp, os.path.join(folder, "test_metrics.json"))
+        names = [self.label_encoder.decode_ndim(i) for i in range(len(self.label_encoder))]
+        if self.hparams.task == "age":
+            plot_confusion_matrix(
+                metrics["confusion"], names, os.path.join(folder, "confusion_matrix.png"),
+                title="Test age groups",
+            )
+            colour_by = [names[i] for i in collected["labels"].tolist()]
+            order = names
+        else:
+            plot_verification_scores(
+                collected["scores"], collected["trial_labels"],
+                os.path.join(folder, "verification_scores.png"),
+                title="Test trials (held-out speakers)",
+            )
+            colour_by = [self.speakers["test"][i] for i in collected["labels"].tolist()]
+            order = None
+        plot_embeddings_pca(
+            collected["embeddings"], colour_by, os.path.join(folder, "embeddings_pca.png"),
+            title="Test embeddings", label_order=order,
+        )
+
+    def _wrap_distributed(self):
+        """DDP without SpeechBrain's SyncBatchNorm conversion on CPU, where gloo lacks it."""
+        if self.distributed_launch and self.distributed_backend == "gloo":
+            for name, module in self.modules.items():
+                if any(p.requires_grad for p in module.parameters()):
+                    self.modules[name] = torch.nn.parallel.DistributedDataParallel(
+                        module, find_unused_parameters=self.find_unused_parameters
+                    )
+            return
+        super()._wrap_distributed()
+
+
+def read_audio(path, sample_rate, start=0, stop=None):
+    """Reads ``path[start:stop]`` (samples) as mono float32 at ``sample_rate``."""
+    audio, rate = soundfile.read(path, start=start, stop=stop, dtype="float32", always_2d=True)
+    wav = torch.from_numpy(audio.mean(axis=1))
+    if rate != sample_rate:
+        wav = torchaudio.functional.resample(wav, rate, sample_rate)
+    return wav
+
+
+def dataio_prep(hparams, label_encoder):
+    """Datasets of the train / valid / test manifests with their audio and label pipelines.
+
+    Labels are class indices of ``label_encoder``, except the held-out speakers
+    of the speaker task's valid and test splits, numbered within their split
+    (returned as ``speakers``) since they only make trials.
+    """
+    crop = hparams["crop_seconds"]
+    rate = hparams["sample_rate"]
+    label_key = "age_group" if hparams["task"] == "age" else "spk_id"
+    datasets = {}
+    for split in ("train", "valid", "test"):
+        datasets[split] = sb.dataio.dataset.DynamicItemDataset.from_csv(
+            csv_path=os.path.join(hparams["manifest_folder"], f"{split}.csv"),
+            replacements={"data_root": hparams["data_folder"]},
+        )
+
+    def make_audio_pipeline(random_crop):
+        @sb.utils.data_pipeline.takes("wav", "duration")
+        @sb.utils.data_pipeline.provides("sig")
+        def audio_pipeline(wav, duration):
+            duration = float(duration)
+            if random_crop and duration > crop:
+                info = soundfile.info(wav)
+                length = int(crop * info.samplerate)
+                start = int(torch.randint(0, info.frames - length + 1, ()).item())
+                return read_audio(wav, rate, start, start + length)
+            return read_audio(wav, rate)
+
+        return audio_pipeline
+
+    def make_label_pipeline(index):
+        @sb.utils.data_pipeline.takes(label_key)
+        @sb.utils.data_pipeline.provides("label")
+        def label_pipeline(label):
+            return torch.LongTensor([index(label)])
+
+        return label_pipeline
+
+    speakers = {}
+    outputs = ["id", "sig", "label"]
+    for split, dataset in datasets.items():
+        dataset.add_dynamic_item(make_audio_pipeline(split == "train"))
+        if hparams["task"] == "speaker" and split != "train":
+            with dataset.output_keys_as(["spk_id"]):
+                speakers[split] = sorted({item["spk_id"] for item in dataset})
+            dataset.add_dynamic_item(make_label_pipeline(speakers[split].index))
+        else:
+            dataset.add_dynamic_item(make_label_pipeline(label_encoder.encode_label))
+        if hparams["task"] == "age":
+            dataset.add_dynamic_item(
+                lambda age: torch.tensor([float(age)]), takes="age", provides="age_years"
+            )
+    if hparams["task"] == "age":
+        outputs.append("age_years")
+    sb.dataio.dataset.set_output_keys(list(datasets.values()), outputs)
+    return datasets, speakers
+
+
+def make_label_encoder(hparams):
+    """Age groups in bin order, or the training speakers, as class indices."""
+    path = os.path.join(hparams["save_folder"], "label_encoder.txt")
+    encoder = sb.dataio.encoder.CategoricalEncoder()
+    if hparams["task"] == "age":
+        encoder.load_or_create(path, from_iterables=[hparams["age_groups"]])
+    else:
+        train = sb.dataio.dataset.DynamicItemDataset.from_csv(
+            os.path.join(hparams["manifest_folder"], "train.csv"),
+            replacements={"data_root": hparams["data_folder"]},
+        )
+        encoder.load_or_create(path, from_didatasets=[train], output_key="spk_id")
+    return encoder
+
+
+def bucketed_loader_kwargs(hparams, dataset, train):
+    """Length-bucketed batches (SpeechBrain's DynamicBatchSampler) so padding stays small."""
+    crop = hparams["crop_seconds"]
+
+    def seconds(item):
+        duration = float(item["duration"])
+        return min(duration, crop) if train else duration
+
+    sampler = sb.dataio.sampler.DynamicBatchSampler(
+        dataset,
+        max_batch_length=hparams["max_batch_seconds"],
+        num_buckets=hparams["num_buckets"],
+        length_func=seconds,
+        shuffle=train,
+        batch_ordering="random" if train else "descending",
+        seed=hparams["seed"],
+    )
+    return {"batch_sampler": sampler, "num_workers": hparams["num_workers"]}
+
+
+def train_statistics(train_data, hparams, label_encoder):
+    """Per-class counts of the training data, and (age) the mean age of each group."""
+    counts = torch.zeros(len(label_encoder))
+    ages = {i: [] for i in range(len(label_encoder))}
+    label_key = "age_group" if hparams["task"] == "age" else "spk_id"
+    keys = [label_key] + (["age"] if hparams["task"] == "age" else [])
+    with train_data.output_keys_as(keys):
+        for item in train_data:
+            index = label_encoder.encode_label(item[label_key])
+            counts[index] += 1
+            if hparams["task"] == "age":
+                ages[index].append(float(item["age"]))
+    return counts, ages
+
+
+def write_model_folder(brain, output_folder):
+    """The best checkpoint's modules and the training hyperparameters in ``model/``."""
+    folder = os.path.join(output_folder, "model")
+    tmp = folder + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    for name in ("embedding_model", "classifier", "age_head"):
+        if name in brain.modules:
+            module = brain.modules[name]
+            module = getattr(module, "module", module)  # unwrap DDP
+            torch.save(module.state_dict(), os.path.join(tmp, f"{name}.ckpt"))
+    brain.label_encoder.save(os.path.join(tmp, "label_encoder.ckpt"))
+    shutil.copy(os.path.join(output_folder, "hyperparams.yaml"), os.path.join(tmp, "train_hyperparams.yaml"))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+def main():
+    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+    keep_freed_memory()
+    sb.utils.distributed.ddp_init_group(run_opts)
+    with open(hparams_file, encoding="utf-8") as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"],
+        hyperparams_to_save=hparams_file,
+        overrides=overrides,
+    )
+    run_on_main(hparams["prepare"])
+
+    label_encoder = make_label_encoder(hparams)
+    datasets, speakers = dataio_prep(hparams, label_encoder)
+    counts, ages = train_statistics(datasets["train"], hparams, label_encoder)
+
+    modules = dict(hparams["modules"])
+    if hparams["classifier"] is not None:
+        modules["classifier"] = hparams["classifier"](n_classes=len(label_encoder))
+    if hparams["task"] == "age" and hparams["years_loss_weight"] > 0:
+        modules["age_head"] = hparams["age_head"]
+        all_ages = [a for group in ages.values() for a in group]
+        modules["age_head"].set_age_stats(np.mean(all_ages), np.std(all_ages))
+    if hasattr(hparams["group_loss"], "set_class_counts"):
+        hparams["group_loss"].set_class_counts(counts)
+    for name in ("classifier", "age_head"):
+        if name in modules:
+            hparams["checkpointer"].add_recoverable(name, modules[name])
+    if hparams["group_loss"] is not None:
+        # Its buffers (annealing step, class weights) resume with the model.
+        hparams["checkpointer"].add_recoverable("group_loss", hparams["group_loss"])
+
+    brain = DMHABrain(
+        modules=modules,
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    brain.label_encoder = label_encoder
+    brain.speakers = speakers
+    if hparams["task"] == "age":
+        # A group absent from training gets the mean of all training ages.
+        overall = float(np.mean([a for group in ages.values() for a in group]))
+        brain.group_centres = torch.tensor(
+            [float(np.mean(ages[i])) if ages[i] else overall for i in range(len(label_encoder))]
+        )
+
+    brain.fit(
+        brain.hparams.epoch_counter,
+        datasets["train"],
+        datasets["valid"],
+        train_loader_kwargs=bucketed_loader_kwargs(hparams, datasets["train"], train=True),
+        valid_loader_kwargs=bucketed_loader_kwargs(hparams, datasets["valid"], train=False),
+    )
+    key = hparams["selection_metric"]
+    best = {"max_key": key} if hparams["selection_direction"] == "max" else {"min_key": key}
+    brain.evaluate(
+        datasets["test"],
+        test_loader_kwargs=bucketed_loader_kwargs(hparams, datasets["test"], train=False),
+        **best,
+    )
+    if if_main_process():
+        write_model_folder(brain, hparams["output_folder"])
+
+
+if __name__ == "__main__":
+    main()

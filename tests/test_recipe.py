@@ -1,0 +1,172 @@
+"""End-to-end runs of recipes/train.py on a tiny generated Kaldi-style corpus."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from dmha_modules.models import EmbeddingModel
+
+REPO = Path(__file__).resolve().parents[1]
+# Ages spanning the four default groups; three utterances per speaker.
+SPEAKER_AGES = [8, 9, 10, 11, 15, 16, 17, 18, 22, 24, 26, 28, 33, 36, 39, 42]
+TINY = [
+    "--channels=16",
+    "--heads=4",
+    "--emb_dim=32",
+    "--max_batch_seconds=8",
+    "--num_workers=0",
+    "--crop_seconds=1.0",
+    "--noprogressbar",
+    # Four held-out speakers in valid and in test, so both have impostor trials.
+    "--valid_ratio=0.25",
+    "--test_ratio=0.25",
+]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A Kaldi data dir of 16 speakers x 3 utterances of 1.2-1.8 s, pitch rising with age."""
+    root = tmp_path_factory.mktemp("corpus")
+    train = root / "train"
+    train.mkdir()
+    rng = np.random.default_rng(0)
+    scp, utt2spk, spk2age, spk2gender = [], [], [], []
+    for s, age in enumerate(SPEAKER_AGES):
+        spk = f"SPK{s:02d}"
+        spk2age.append(f"{spk}\t{age}")
+        spk2gender.append(f"{spk}\t{'mf'[s % 2]}")
+        (root / "WAVE" / spk).mkdir(parents=True)
+        for u in range(3):
+            utt = f"{spk}_{u}"
+            t = np.arange(int(rng.uniform(1.2, 1.8) * 16000)) / 16000
+            f0 = 300 - 5 * age + 10 * u
+            wav = sum(np.sin(2 * np.pi * k * f0 * t) / k for k in range(1, 5)) * 0.1
+            wav += 0.01 * rng.standard_normal(t.size)
+            sf.write(root / "WAVE" / spk / f"{utt}.flac", wav.astype(np.float32), 16000)
+            scp.append(f"{utt}\tWAVE/{spk}/{utt}.flac")
+            utt2spk.append(f"{utt} {spk}")
+    for name, lines in [
+        ("wav.scp", scp),
+        ("utt2spk", utt2spk),
+        ("spk2age", spk2age),
+        ("spk2gender", spk2gender),
+    ]:
+        (train / name).write_text("\n".join(lines) + "\n")
+    return root
+
+
+def recipe_command(hparams, corpus, output, *extra):
+    args = [
+        sys.executable,
+        str(REPO / "recipes" / "train.py"),
+        str(REPO / "hparams" / hparams),
+        f"--data_folder={corpus}",
+        f"--output_folder={output}",
+    ]
+    return args + TINY + list(extra)
+
+
+def run_recipe(command, **kwargs):
+    result = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=600, **kwargs
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def logged_epochs(output):
+    """Epoch numbers of the train log's validation lines, in order."""
+    lines = (Path(output) / "train_log.txt").read_text().splitlines()
+    return [
+        int(line.split("epoch: ")[1].split(",")[0])
+        for line in lines
+        if line.startswith("epoch: ")
+    ]
+
+
+def assert_checkpoint_reloads(output, **model_args):
+    state = torch.load(
+        Path(output) / "model" / "embedding_model.ckpt", weights_only=True
+    )
+    model = EmbeddingModel(**model_args)
+    model.load_state_dict(state, strict=True)
+
+
+def test_age_recipe_end_to_end(corpus, tmp_path):
+    output = tmp_path / "age"
+    run_recipe(recipe_command("age.yaml", corpus, output, "--number_of_epochs=2"))
+    metrics = json.loads((output / "test_metrics.json").read_text())
+    for key in ("macro_f1", "balanced_accuracy", "accuracy", "mae_years"):
+        assert np.isfinite(metrics[key]), key
+    assert 0 <= metrics["macro_f1"] <= 1 and metrics["mae_years"] >= 0
+    for name in (
+        "train_log.txt",
+        "confusion_matrix.png",
+        "embeddings_pca.png",
+        "model/embedding_model.ckpt",
+        "model/classifier.ckpt",
+        "model/age_head.ckpt",
+        "model/label_encoder.ckpt",
+    ):
+        assert (output / name).is_file(), name
+    assert logged_epochs(output) == [1, 2]
+    assert_checkpoint_reloads(
+        output, channels=16, heads=4, emb_dim=32, front_end="VGG4L"
+    )
+
+
+def test_speaker_recipe_end_to_end(corpus, tmp_path):
+    output = tmp_path / "speaker"
+    run_recipe(recipe_command("speaker.yaml", corpus, output, "--number_of_epochs=1"))
+    metrics = json.loads((output / "test_metrics.json").read_text())
+    assert (
+        0 <= metrics["eer"] <= 1 and metrics["min_dcf"] >= 0 and metrics["trials"] > 0
+    )
+    for name in (
+        "verification_scores.png",
+        "embeddings_pca.png",
+        "model/embedding_model.ckpt",
+    ):
+        assert (output / name).is_file(), name
+    assert_checkpoint_reloads(
+        output, channels=16, heads=4, emb_dim=32, front_end="VGG4L"
+    )
+
+
+def test_ecapa_runs_through_the_same_recipe(corpus, tmp_path):
+    output = tmp_path / "ecapa"
+    ecapa = ["--embedding=ecapa", "--ecapa_channels=[32, 32, 32, 32, 96]"]
+    run_recipe(
+        recipe_command("speaker.yaml", corpus, output, "--number_of_epochs=1", *ecapa)
+    )
+    metrics = json.loads((output / "test_metrics.json").read_text())
+    assert 0 <= metrics["eer"] <= 1
+    state = torch.load(output / "model" / "embedding_model.ckpt", weights_only=True)
+    assert any(key.startswith("blocks.") for key in state)  # ECAPA's layer names
+
+
+def test_killed_run_resumes_where_it_stopped(corpus, tmp_path):
+    output = tmp_path / "resume"
+    command = recipe_command("age.yaml", corpus, output, "--number_of_epochs=3")
+    process = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((output / "save").glob("CKPT*/CKPT.yaml")):
+        assert process.poll() is None, "the run ended before its first checkpoint"
+        time.sleep(0.1)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert logged_epochs(output) == [1]
+
+    run_recipe(command)
+    assert logged_epochs(output) == [1, 2, 3]
