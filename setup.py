@@ -22,11 +22,14 @@ setup(
         "hyperpyyaml",
         "soundfile",
         "numpy",
+        "scipy",
         "tqdm",
+        "matplotlib",
     ],
     extras_require={
         # librosa is the independent reference the feature tests compare against.
-        "test": ["pytest", "librosa"],
+        # scikit-learn is the reference for the classification metrics.
+        "test": ["pytest", "librosa", "scikit-learn"],
     },
     entry_points={"console_scripts": ["dmha=dmha_modules.cli:main"]},
 )

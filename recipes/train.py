@@ -17,6 +17,7 @@ Outputs, in ``output_folder``: ``train_log.txt``, ``test_metrics.json``,
 hyperparameters).
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -214,6 +215,7 @@ class DMHABrain(sb.Brain):
                 collected["scores"], collected["trial_labels"],
                 os.path.join(folder, "verification_scores.png"),
                 title="Test trials (held-out speakers)",
+                p_target=self.hparams.p_target,
             )
             colour_by = [self.speakers["test"][i] for i in collected["labels"].tolist()]
             order = None
@@ -371,6 +373,13 @@ def write_model_folder(brain, output_folder):
 
 def main():
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+    if not torch.cuda.is_available() and "distributed_backend" not in run_opts.overridden_args:
+        # nccl needs GPUs. Brain only reads the options marked as given.
+        run_opts = dataclasses.replace(
+            run_opts,
+            distributed_backend="gloo",
+            overridden_args=run_opts.overridden_args | {"distributed_backend"},
+        )
     keep_freed_memory()
     sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file, encoding="utf-8") as fin:

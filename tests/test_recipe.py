@@ -170,3 +170,51 @@ def test_killed_run_resumes_where_it_stopped(corpus, tmp_path):
 
     run_recipe(command)
     assert logged_epochs(output) == [1, 2, 3]
+
+
+DDP_WRAPPER = '''
+import os, sys
+sys.path.insert(0, {recipes!r})
+import train
+from dmha_modules.checkpoints import AtomicCheckpointer
+
+rank, out = os.environ["RANK"], {out!r}
+fit_batch, save_checkpoint = train.DMHABrain.fit_batch, AtomicCheckpointer.save_checkpoint
+
+def recording_fit_batch(self, batch):
+    with open(os.path.join(out, f"trained_ids.rank{{rank}}"), "a") as f:
+        f.write("".join(i + "\\n" for i in batch.id))
+    return fit_batch(self, batch)
+
+def recording_save_checkpoint(self, *args, **kwargs):
+    checkpoint = save_checkpoint(self, *args, **kwargs)
+    if checkpoint is not None:
+        with open(os.path.join(out, f"saved.rank{{rank}}"), "a") as f:
+            f.write(str(checkpoint.path) + "\\n")
+    return checkpoint
+
+train.DMHABrain.fit_batch = recording_fit_batch
+AtomicCheckpointer.save_checkpoint = recording_save_checkpoint
+sys.argv = ["train.py"] + sys.argv[1:]
+train.main()
+'''
+
+
+def test_torchrun_two_cpu_processes_split_the_data(corpus, tmp_path):
+    output, records = tmp_path / "ddp", tmp_path / "records"
+    records.mkdir()
+    wrapper = tmp_path / "ddp_train.py"
+    wrapper.write_text(DDP_WRAPPER.format(recipes=str(REPO / "recipes"), out=str(records)))
+    command = recipe_command("age.yaml", corpus, output, "--number_of_epochs=1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+               "--master_port=29533", str(wrapper)] + command[2:]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run_recipe(command, env=env)
+
+    ids = [set((records / f"trained_ids.rank{r}").read_text().split()) for r in (0, 1)]
+    assert ids[0] and ids[1] and not ids[0] & ids[1]
+    train_csv = (output / "manifests" / "train.csv").read_text().splitlines()[1:]
+    assert ids[0] | ids[1] <= {line.split(",")[0] for line in train_csv}
+    assert (records / "saved.rank0").read_text().strip()
+    assert not (records / "saved.rank1").exists()
+    assert (output / "test_metrics.json").is_file()
