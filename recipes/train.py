@@ -53,11 +53,14 @@ class DMHABrain(sb.Brain):
     def compute_forward(self, batch, stage):
         """Waveforms -> features -> embeddings -> class scores (and ages in years)."""
         batch = batch.to(self.device)
-        wavs, lens = batch.sig
-        if stage == sb.Stage.TRAIN and self.hparams.wav_augment is not None:
-            wavs, lens = self.hparams.wav_augment(wavs, lens)
-        frame_lens = self.modules.compute_features.frame_lengths(lens, wavs.shape[1])
-        feats = self.modules.compute_features(wavs, lens)
+        if self.hparams.precomputed_features:
+            feats, frame_lens = batch.feats
+        else:
+            wavs, lens = batch.sig
+            if self.augmenting(stage):
+                wavs, lens = self.hparams.wav_augment(wavs, lens)
+            frame_lens = self.modules.compute_features.frame_lengths(lens, wavs.shape[1])
+            feats = self.modules.compute_features(wavs, lens)
         feats = self.modules.mean_var_norm(feats, frame_lens)
         embeddings = self.modules.embedding_model(feats, frame_lens)
         outputs = {"embeddings": embeddings}
@@ -67,11 +70,19 @@ class DMHABrain(sb.Brain):
             outputs["years"] = self.modules.age_head(embeddings)
         return outputs
 
+    def augmenting(self, stage):
+        """Whether waveforms are augmented: in training, from audio, when configured."""
+        return (
+            stage == sb.Stage.TRAIN
+            and self.hparams.wav_augment is not None
+            and not self.hparams.precomputed_features
+        )
+
     def compute_objectives(self, predictions, batch, stage):
         """Group (or speaker) loss plus the weighted years loss; collects metrics."""
         labels = batch.label.data
         years = batch.age_years.data if self.hparams.task == "age" else None
-        if stage == sb.Stage.TRAIN and self.hparams.wav_augment is not None:
+        if self.augmenting(stage):
             labels = self.hparams.wav_augment.replicate_labels(labels)
             if years is not None:
                 years = self.hparams.wav_augment.replicate_labels(years)
@@ -245,6 +256,15 @@ def read_audio(path, sample_rate, start=0, stop=None):
     return wav
 
 
+def features_path(wav, hparams):
+    """The ``.npy`` that ``dmha features`` wrote for audio file ``wav``."""
+    stem = os.path.splitext(wav)[0]
+    if hparams["features_folder"] is None:
+        return stem + ".npy"
+    rel = os.path.relpath(stem, hparams["data_folder"])
+    return os.path.join(hparams["features_folder"], rel + ".npy")
+
+
 def dataio_prep(hparams, label_encoder):
     """Datasets of the train / valid / test manifests with their audio and label pipelines.
 
@@ -276,6 +296,20 @@ def dataio_prep(hparams, label_encoder):
 
         return audio_pipeline
 
+    def make_features_pipeline(random_crop):
+        @sb.utils.data_pipeline.takes("wav")
+        @sb.utils.data_pipeline.provides("feats")
+        def features_pipeline(wav):
+            # Memory-mapped, so a crop reads only its frames.
+            feats = np.load(features_path(wav, hparams), mmap_mode="r")
+            frames = int(crop * 1000 / hparams["hop_length_ms"])
+            if random_crop and len(feats) > frames:
+                start = int(torch.randint(0, len(feats) - frames + 1, ()).item())
+                feats = feats[start : start + frames]
+            return torch.from_numpy(np.array(feats, dtype=np.float32))
+
+        return features_pipeline
+
     def make_label_pipeline(index):
         @sb.utils.data_pipeline.takes(label_key)
         @sb.utils.data_pipeline.provides("label")
@@ -285,9 +319,12 @@ def dataio_prep(hparams, label_encoder):
         return label_pipeline
 
     speakers = {}
-    outputs = ["id", "sig", "label"]
+    if hparams["precomputed_features"]:
+        make_input_pipeline, outputs = make_features_pipeline, ["id", "feats", "label"]
+    else:
+        make_input_pipeline, outputs = make_audio_pipeline, ["id", "sig", "label"]
     for split, dataset in datasets.items():
-        dataset.add_dynamic_item(make_audio_pipeline(split == "train"))
+        dataset.add_dynamic_item(make_input_pipeline(split == "train"))
         if hparams["task"] == "speaker" and split != "train":
             with dataset.output_keys_as(["spk_id"]):
                 speakers[split] = sorted({item["spk_id"] for item in dataset})
@@ -320,18 +357,23 @@ def make_label_encoder(hparams):
 
 
 def bucketed_loader_kwargs(hparams, dataset, train):
-    """Length-bucketed batches (SpeechBrain's DynamicBatchSampler) so padding stays small."""
+    """Length-bucketed batches (SpeechBrain's DynamicBatchSampler) so padding stays small.
+
+    Bucket edges are quantiles of the actual lengths (training crops count as
+    ``crop_seconds``), so every bucket holds data and batches fill up to
+    ``max_batch_seconds``.
+    """
     crop = hparams["crop_seconds"]
-
-    def seconds(item):
-        duration = float(item["duration"])
-        return min(duration, crop) if train else duration
-
+    lengths = [float(row["duration"]) for row in dataset.data.values()]
+    if train:
+        lengths = [min(length, crop) for length in lengths]
+    quantiles = np.linspace(0, 1, hparams["num_buckets"] + 1)[1:]
+    boundaries = sorted(set(np.quantile(lengths, quantiles).round(3).tolist()))
     sampler = sb.dataio.sampler.DynamicBatchSampler(
         dataset,
         max_batch_length=hparams["max_batch_seconds"],
-        num_buckets=hparams["num_buckets"],
-        length_func=seconds,
+        bucket_boundaries=boundaries,
+        lengths_list=lengths,
         shuffle=train,
         batch_ordering="random" if train else "descending",
         seed=hparams["seed"],

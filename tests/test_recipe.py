@@ -13,6 +13,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from dmha_modules.data_prep import extract_features
 from dmha_modules.models import EmbeddingModel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -218,3 +219,17 @@ def test_torchrun_two_cpu_processes_split_the_data(corpus, tmp_path):
     assert (records / "saved.rank0").read_text().strip()
     assert not (records / "saved.rank1").exists()
     assert (output / "test_metrics.json").is_file()
+
+
+def test_age_recipe_trains_from_precomputed_features(corpus, tmp_path):
+    features = tmp_path / "features"
+    files = tmp_path / "files.lst"
+    files.write_text("".join(f"{p.relative_to(corpus)}\n" for p in sorted(corpus.rglob("*.flac"))))
+    extract_features(str(files), out_dir=str(features), data_dir=str(corpus), jobs=1)
+    output = tmp_path / "age_npy"
+    run_recipe(recipe_command(
+        "age.yaml", corpus, output, "--number_of_epochs=1",
+        "--precomputed_features=True", f"--features_folder={features}",
+    ))
+    metrics = json.loads((output / "test_metrics.json").read_text())
+    assert 0 <= metrics["macro_f1"] <= 1
