@@ -47,6 +47,27 @@ from dmha_modules.plots import (
 from dmha_modules.runtime import keep_freed_memory
 
 
+class RankBatches(torch.utils.data.distributed.DistributedSampler):
+    """This rank's share of the batches of ``batch_sampler``: disjoint across
+    ranks, reshuffled each epoch, the remainder that does not divide evenly
+    dropped. (SpeechBrain's wrapper repeats batches instead, and yields
+    single ids when a rank gets one batch.)
+    """
+
+    def __init__(self, batch_sampler, rank):
+        super().__init__(batch_sampler, rank=rank, shuffle=True, drop_last=True)
+        self.batch_sampler = batch_sampler
+
+    def __iter__(self):
+        batches = list(self.batch_sampler)
+        return (batches[i] for i in super().__iter__())
+
+    def set_epoch(self, epoch):
+        """Sets the epoch of the split and of the batch sampler."""
+        super().set_epoch(epoch)
+        self.batch_sampler.set_epoch(epoch)
+
+
 class DMHABrain(sb.Brain):
     """Trains the embedding model with a classification head (and an age head)."""
 
@@ -234,6 +255,20 @@ class DMHABrain(sb.Brain):
             collected["embeddings"], colour_by, os.path.join(folder, "embeddings_pca.png"),
             title="Test embeddings", label_order=order,
         )
+
+    def _train_loader_specifics(self, dataset, loader_kwargs):
+        """SpeechBrain's, but under DDP ranks get disjoint batches.
+
+        SpeechBrain pads the batch list by repeating batches so that it divides
+        among the ranks; here the remainder is dropped instead (the epoch's
+        shuffle picks other batches to drop next time).
+        """
+        batch_sampler = loader_kwargs.get("batch_sampler")
+        if not self.distributed_launch or batch_sampler is None:
+            return super()._train_loader_specifics(dataset, loader_kwargs)
+        self.train_sampler = RankBatches(batch_sampler, rank=self.rank)
+        loader_kwargs["batch_sampler"] = self.train_sampler
+        return loader_kwargs
 
     def _wrap_distributed(self):
         """DDP without SpeechBrain's SyncBatchNorm conversion on CPU, where gloo lacks it."""
