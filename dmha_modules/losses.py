@@ -125,35 +125,32 @@ class AMSoftmaxLoss(torch.nn.Module):
 class ClassWeightedCrossEntropy(torch.nn.Module):
     """Cross-entropy with class ``c`` weighted by ``1 - n_c / N``.
 
-    The weights live in a buffer (checkpointed with the model); they start
-    uniform and are set from the training label counts by ``set_class_counts``.
-
-    Arguments
-    ---------
-    n_classes : int
-        Number of classes.
+    The weights are set from the training label counts by
+    ``set_class_counts`` and live in a buffer (checkpointed with the model);
+    until then the loss is plain cross-entropy.
 
     Example
     -------
-    >>> loss = ClassWeightedCrossEntropy(n_classes=2)
+    >>> loss = ClassWeightedCrossEntropy()
     >>> loss.set_class_counts([30, 10])
     >>> loss.weight
     tensor([0.2500, 0.7500])
     """
 
-    def __init__(self, n_classes):
+    def __init__(self):
         super().__init__()
-        self.register_buffer("weight", torch.ones(n_classes))
+        self.register_buffer("weight", torch.ones(0))
 
     def set_class_counts(self, counts):
         """Sets the weights from per-class training counts ``n_c``."""
         counts = torch.as_tensor(counts, dtype=torch.float, device=self.weight.device)
-        self.weight.copy_(1 - counts / counts.sum())
+        self.weight = 1 - counts / counts.sum()
 
     def forward(self, logits, targets):
         """Loss of logits ``(B, 1, C)`` for class indices ``(B,)`` or ``(B, 1)``."""
+        weight = self.weight if self.weight.numel() else None
         return F.cross_entropy(
-            batch_scores(logits), batch_targets(targets), weight=self.weight
+            batch_scores(logits), batch_targets(targets), weight=weight
         )
 
 

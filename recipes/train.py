@@ -114,17 +114,17 @@ class DMHABrain(sb.Brain):
         if "scores" in predictions and classify:
             # (B, C) scores and (B,) targets, so torch's own losses fit as well.
             scores = predictions["scores"][:, 0]
-            loss = loss + self.hparams.group_loss(scores, labels.reshape(-1))
+            loss = loss + self.group_loss(scores, labels.reshape(-1))
         if "years" in predictions:
             loss = loss + self.hparams.years_loss_weight * self.hparams.years_loss(
                 predictions["years"], years
             )
 
         if stage != sb.Stage.TRAIN:
-            self.collect(predictions, batch, labels, years)
+            self.collect(predictions, labels, years)
         return loss
 
-    def collect(self, predictions, batch, labels, years):
+    def collect(self, predictions, labels, years):
         """Keeps what the stage-end metrics need."""
         self.collected["labels"].append(labels.reshape(-1).cpu())
         self.collected["embeddings"].append(predictions["embeddings"][:, 0].detach().cpu())
@@ -144,14 +144,14 @@ class DMHABrain(sb.Brain):
         years = predictions.get("years")
         if "scores" in predictions:
             scores = predictions["scores"][:, 0]
-            if isinstance(self.hparams.group_loss, OrdinalRegressionLoss):
+            if isinstance(self.group_loss, OrdinalRegressionLoss):
                 groups = OrdinalRegressionLoss.predict(scores)
                 at_least = torch.sigmoid(scores)
                 upper = torch.cat([at_least[:, 1:], torch.zeros_like(at_least[:, :1])], 1)
                 posteriors = (at_least - upper).clamp(min=0)
                 posteriors = posteriors / posteriors.sum(1, keepdim=True).clamp(min=1e-8)
             else:
-                scale = getattr(self.hparams.group_loss, "scale", 1.0)
+                scale = getattr(self.group_loss, "scale", 1.0)
                 posteriors = torch.softmax(scale * scores, dim=1)
                 groups = posteriors.argmax(dim=1)
             if years is None:
@@ -443,7 +443,10 @@ def write_model_folder(brain, output_folder):
             module = getattr(module, "module", module)  # unwrap DDP
             torch.save(module.state_dict(), os.path.join(tmp, f"{name}.ckpt"))
     brain.label_encoder.save(os.path.join(tmp, "label_encoder.ckpt"))
-    shutil.copy(os.path.join(output_folder, "hyperparams.yaml"), os.path.join(tmp, "train_hyperparams.yaml"))
+    shutil.copy(
+        os.path.join(output_folder, "hyperparams.yaml"),
+        os.path.join(tmp, "train_hyperparams.yaml"),
+    )
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
 
@@ -471,22 +474,27 @@ def main():
     label_encoder = make_label_encoder(hparams)
     datasets, speakers = dataio_prep(hparams, label_encoder)
     counts, ages = train_statistics(datasets["train"], hparams, label_encoder)
+    all_ages = [age for group in ages.values() for age in group]
 
     modules = dict(hparams["modules"])
-    if hparams["classifier"] is not None:
-        modules["classifier"] = hparams["classifier"](n_classes=len(label_encoder))
+    group_loss = None
+    if hparams["group_loss"] is not None:
+        group_loss = hparams["group_losses"][hparams["group_loss"]]()
+        # AM-Softmax works on cosines; the other losses on plain logits.
+        modules["classifier"] = hparams["classifier"](
+            n_classes=len(label_encoder), cosine=isinstance(group_loss, AMSoftmaxLoss)
+        )
     if hparams["task"] == "age" and hparams["years_loss_weight"] > 0:
         modules["age_head"] = hparams["age_head"]
-        all_ages = [a for group in ages.values() for a in group]
         modules["age_head"].set_age_stats(np.mean(all_ages), np.std(all_ages))
-    if hasattr(hparams["group_loss"], "set_class_counts"):
-        hparams["group_loss"].set_class_counts(counts)
+    if hasattr(group_loss, "set_class_counts"):
+        group_loss.set_class_counts(counts)
     for name in ("classifier", "age_head"):
         if name in modules:
             hparams["checkpointer"].add_recoverable(name, modules[name])
-    if hparams["group_loss"] is not None:
+    if group_loss is not None:
         # Its buffers (annealing step, class weights) resume with the model.
-        hparams["checkpointer"].add_recoverable("group_loss", hparams["group_loss"])
+        hparams["checkpointer"].add_recoverable("group_loss", group_loss)
 
     brain = DMHABrain(
         modules=modules,
@@ -496,10 +504,11 @@ def main():
         checkpointer=hparams["checkpointer"],
     )
     brain.label_encoder = label_encoder
+    brain.group_loss = group_loss
     brain.speakers = speakers
     if hparams["task"] == "age":
         # A group absent from training gets the mean of all training ages.
-        overall = float(np.mean([a for group in ages.values() for a in group]))
+        overall = float(np.mean(all_ages))
         brain.group_centres = torch.tensor(
             [float(np.mean(ages[i])) if ages[i] else overall for i in range(len(label_encoder))]
         )

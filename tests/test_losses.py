@@ -49,7 +49,7 @@ def test_am_softmax_annealing_follows_its_schedule():
 
 def test_class_weighted_cross_entropy_matches_formula():
     counts = [50, 30, 20]
-    loss = ClassWeightedCrossEntropy(n_classes=3)
+    loss = ClassWeightedCrossEntropy()
     loss.set_class_counts(counts)
     weights = [1 - n / sum(counts) for n in counts]  # 0.5, 0.7, 0.8
     logits = COSINES * 5
