@@ -333,3 +333,7 @@ def main(argv=None):
         print(f"dmha: error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
