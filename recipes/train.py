@@ -28,6 +28,7 @@ import soundfile
 import speechbrain as sb
 import torch
 import torchaudio
+import yaml
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
@@ -90,6 +91,15 @@ class DMHABrain(sb.Brain):
         if "age_head" in self.modules:
             outputs["years"] = self.modules.age_head(embeddings)
         return outputs
+
+    def compute_forward_embedding(self, wavs):
+        """Embeddings ``(B, 1, E)`` of full-length waveforms, in eval mode."""
+        self.modules.eval()
+        lens = torch.ones(len(wavs), device=wavs.device)
+        frame_lens = self.modules.compute_features.frame_lengths(lens, wavs.shape[1])
+        feats = self.modules.compute_features(wavs, lens)
+        feats = self.modules.mean_var_norm(feats, frame_lens)
+        return self.modules.embedding_model(feats, frame_lens)
 
     def augmenting(self, stage):
         """Whether waveforms are augmented: in training, from audio, when configured."""
@@ -431,22 +441,110 @@ def train_statistics(train_data, hparams, label_encoder):
     return counts, ages
 
 
-def write_model_folder(brain, output_folder):
-    """The best checkpoint's modules and the training hyperparameters in ``model/``."""
+def yaml_new(obj_path, kwargs, indent="    "):
+    """A HyperPyYAML ``!new:`` node of ``obj_path`` with ``kwargs``, as text."""
+    lines = yaml.safe_dump(kwargs, default_flow_style=False, sort_keys=False).splitlines()
+    return f"!new:{obj_path}" + "".join(f"\n{indent}{line}" for line in lines if kwargs)
+
+
+def partial_path(partial):
+    """The dotted path of the class a ``!name:`` partial builds."""
+    return f"{partial.func.__module__}.{partial.func.__qualname__}"
+
+
+def inference_hyperparams(brain, hparams):
+    """``hyperparams.yaml`` text for SpeechBrain's ``EncoderClassifier``.
+
+    The pretrainer has no paths: ``from_hparams(source=folder)`` takes each
+    ``<name>.ckpt`` from the folder itself, so nothing is fetched from a network.
+    """
+    features = brain.modules.compute_features
+    embedding = hparams["embedding_models"][hparams["embedding"]]
+    classifier = unwrap(brain.modules.classifier)
+    classifier_kwargs = dict(hparams["classifier"].keywords)
+    classifier_kwargs.update(n_classes=classifier.weight.shape[1], cosine=classifier.cosine)
+    return f"""# {hparams["task"]} model trained by recipes/train.py; load it with
+# speechbrain.inference.EncoderClassifier.from_hparams(source=<this folder>).
+sample_rate: {features.sample_rate}
+compute_features: {yaml_new("dmha_modules.features.LogMelFeatures", dict(
+        sample_rate=features.sample_rate,
+        n_mels=int(features.mel_filters.shape[1]),
+        hop_length_ms=hparams["hop_length_ms"]))}
+mean_var_norm: {yaml_new("dmha_modules.features.UtteranceNorm", dict(
+        std_norm=brain.modules.mean_var_norm.std_norm))}
+embedding_model: {yaml_new(partial_path(embedding), dict(embedding.keywords))}
+classifier: {yaml_new("dmha_modules.losses.Classifier", classifier_kwargs)}
+label_encoder: !new:speechbrain.dataio.encoder.CategoricalEncoder
+modules:
+    compute_features: !ref <compute_features>
+    mean_var_norm: !ref <mean_var_norm>
+    embedding_model: !ref <embedding_model>
+    classifier: !ref <classifier>
+pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
+    loadables:
+        embedding_model: !ref <embedding_model>
+        classifier: !ref <classifier>
+        label_encoder: !ref <label_encoder>
+"""
+
+
+def unwrap(module):
+    """The module inside a DDP wrapper, or the module itself."""
+    return getattr(module, "module", module)
+
+
+def check_model_folder(brain, folder, sample):
+    """Loads ``folder`` as SpeechBrain would and checks it against the trained modules.
+
+    Every saved key must exist in the rebuilt modules and vice versa (the
+    pretrainer itself loads non-strictly), and a sample's embedding must match
+    the training-time one to cosine 0.9999.
+    """
+    from speechbrain.inference.classifiers import EncoderClassifier
+
+    loaded = EncoderClassifier.from_hparams(
+        source=os.path.abspath(folder), savedir=os.path.join(folder, ".loaded")
+    )
+    for name in ("embedding_model", "classifier"):
+        saved = torch.load(os.path.join(folder, f"{name}.ckpt"), weights_only=True)
+        rebuilt = loaded.mods[name].state_dict()
+        if saved.keys() != rebuilt.keys():
+            raise RuntimeError(f"{folder}/{name}.ckpt does not match the model its "
+                               f"hyperparams.yaml builds: {sorted(saved.keys() ^ rebuilt.keys())}")
+    wav = sample.to(brain.device)[None]
+    with torch.no_grad():
+        reference = brain.compute_forward_embedding(wav)
+        embedding = loaded.encode_batch(wav.cpu()).to(reference.device)
+    cosine = torch.nn.functional.cosine_similarity(reference.flatten(), embedding.flatten(), 0)
+    if cosine < 0.9999:
+        raise RuntimeError(f"{folder} reproduces the trained embedding only to cosine {cosine:.6f}")
+    shutil.rmtree(os.path.join(folder, ".loaded"))
+
+
+def write_model_folder(brain, hparams, sample):
+    """``model/``: the best checkpoint as a folder ``EncoderClassifier`` loads offline.
+
+    Also holds the years head (when trained) and the training hyperparameters.
+    Written under a temporary name, checked, then renamed into place.
+    """
+    output_folder = hparams["output_folder"]
     folder = os.path.join(output_folder, "model")
     tmp = folder + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     for name in ("embedding_model", "classifier", "age_head"):
         if name in brain.modules:
-            module = brain.modules[name]
-            module = getattr(module, "module", module)  # unwrap DDP
-            torch.save(module.state_dict(), os.path.join(tmp, f"{name}.ckpt"))
+            state = unwrap(brain.modules[name]).state_dict()
+            torch.save(state, os.path.join(tmp, f"{name}.ckpt"))
     brain.label_encoder.save(os.path.join(tmp, "label_encoder.ckpt"))
     shutil.copy(
         os.path.join(output_folder, "hyperparams.yaml"),
         os.path.join(tmp, "train_hyperparams.yaml"),
     )
+    if "classifier" in brain.modules:  # a years-only model is no classifier
+        with open(os.path.join(tmp, "hyperparams.yaml"), "w", encoding="utf-8") as f:
+            f.write(inference_hyperparams(brain, hparams))
+        check_model_folder(brain, tmp, sample)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
 
@@ -528,7 +626,8 @@ def main():
         **best,
     )
     if if_main_process():
-        write_model_folder(brain, hparams["output_folder"])
+        first_test = next(iter(datasets["test"].data.values()))
+        write_model_folder(brain, hparams, read_audio(first_test["wav"], hparams["sample_rate"]))
 
 
 if __name__ == "__main__":

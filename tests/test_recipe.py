@@ -102,6 +102,32 @@ def assert_checkpoint_reloads(output, **model_args):
     model.load_state_dict(state, strict=True)
 
 
+OFFLINE_LOAD = """
+import socket, sys, torch
+def refuse(*args, **kwargs):
+    raise OSError("network access attempted")
+socket.socket = socket.create_connection = refuse
+from speechbrain.inference.classifiers import EncoderClassifier
+model = EncoderClassifier.from_hparams(source=sys.argv[1], savedir=sys.argv[2])
+wavs = torch.randn(2, 24000) * 0.1
+print(tuple(model.encode_batch(wavs).shape))
+print(",".join(model.classify_batch(wavs)[3]))
+"""
+SPEAKER_AGE_GROUPS = {"child", "teens", "twenties", "thirties+"}
+
+
+def assert_encoder_classifier_loads_offline(folder, tmp_path, classes):
+    """SpeechBrain's own EncoderClassifier loads the model folder with sockets disabled."""
+    result = subprocess.run(
+        [sys.executable, "-c", OFFLINE_LOAD, str(folder), str(tmp_path / "loaded")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    shape, labels = result.stdout.splitlines()[-2:]
+    assert shape.startswith("(2, 1,")
+    assert set(labels.split(",")) <= classes
+
+
 def test_age_recipe_end_to_end(corpus, tmp_path):
     output = tmp_path / "age"
     run_recipe(recipe_command("age.yaml", corpus, output, "--number_of_epochs=2"))
@@ -123,6 +149,7 @@ def test_age_recipe_end_to_end(corpus, tmp_path):
     assert_checkpoint_reloads(
         output, channels=16, heads=4, emb_dim=32, front_end="VGG4L"
     )
+    assert_encoder_classifier_loads_offline(output / "model", tmp_path, SPEAKER_AGE_GROUPS)
 
 
 def test_speaker_recipe_end_to_end(corpus, tmp_path):
