@@ -539,6 +539,36 @@ def _relative_path(path, folder, data_folder):
     return os.path.normpath(path).replace(os.sep, "/")
 
 
+def features_path(audio_path, out_dir=None, data_dir=None):
+    """Where :func:`extract_features` puts the features of ``audio_path``.
+
+    Arguments
+    ---------
+    audio_path : str
+        The audio file.
+    out_dir : str, optional
+        Features folder; None for the ``.npy`` next to the audio.
+    data_dir : str, optional
+        Folder whose layout ``out_dir`` mirrors (default: the current one).
+
+    Returns
+    -------
+    str
+        The ``.npy`` path.
+
+    Example
+    -------
+    >>> features_path("corpus/spk1/a.flac")
+    'corpus/spk1/a.npy'
+    >>> features_path("corpus/spk1/a.flac", out_dir="feats", data_dir="corpus")
+    'feats/spk1/a.npy'
+    """
+    stem = _strip_audio_extension(audio_path)
+    if out_dir is None:
+        return stem + ".npy"
+    return os.path.join(out_dir, os.path.relpath(stem, data_dir or os.getcwd()) + ".npy")
+
+
 def _strip_audio_extension(path):
     """Removes an audio extension (any case) from ``path``, if it has one."""
     stem, extension = os.path.splitext(path)
@@ -2093,19 +2123,17 @@ def extract_features(
         list_file, log, "audio path", 1, keep_rest=True
     ):
         path = os.path.join(data_dir, entry)
-        if out_dir is None:
-            target = _strip_audio_extension(path) + ".npy"
-        else:
-            rel = _relative_path(entry, data_dir, data_dir)
-            if rel.startswith("../"):
-                log.reject(
-                    list_file,
-                    line_number,
-                    f"{entry!r} lies outside {data_dir}, "
-                    f"so it has no place under {out_dir}",
-                )
-                continue
-            target = os.path.join(out_dir, _strip_audio_extension(rel) + ".npy")
+        if out_dir is not None and _relative_path(
+            entry, data_dir, data_dir
+        ).startswith("../"):
+            log.reject(
+                list_file,
+                line_number,
+                f"{entry!r} lies outside {data_dir}, "
+                f"so it has no place under {out_dir}",
+            )
+            continue
+        target = features_path(path, out_dir, data_dir)
         if target in first_line:
             log.reject(
                 list_file,

@@ -32,7 +32,7 @@ import yaml
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from dmha_modules.data_prep import age_group
+from dmha_modules.data_prep import age_group, features_path
 from dmha_modules.losses import AMSoftmaxLoss, OrdinalRegressionLoss
 from dmha_modules.metrics import (
     classification_metrics,
@@ -301,15 +301,6 @@ def read_audio(path, sample_rate, start=0, stop=None):
     return wav
 
 
-def features_path(wav, hparams):
-    """The ``.npy`` that ``dmha features`` wrote for audio file ``wav``."""
-    stem = os.path.splitext(wav)[0]
-    if hparams["features_folder"] is None:
-        return stem + ".npy"
-    rel = os.path.relpath(stem, hparams["data_folder"])
-    return os.path.join(hparams["features_folder"], rel + ".npy")
-
-
 def dataio_prep(hparams, label_encoder):
     """Datasets of the train / valid / test manifests with their audio and label pipelines.
 
@@ -346,7 +337,8 @@ def dataio_prep(hparams, label_encoder):
         @sb.utils.data_pipeline.provides("feats")
         def features_pipeline(wav):
             # Memory-mapped, so a crop reads only its frames.
-            feats = np.load(features_path(wav, hparams), mmap_mode="r")
+            path = features_path(wav, hparams["features_folder"], hparams["data_folder"])
+            feats = np.load(path, mmap_mode="r")
             frames = int(crop * 1000 / hparams["hop_length_ms"])
             if random_crop and len(feats) > frames:
                 start = int(torch.randint(0, len(feats) - frames + 1, ()).item())
