@@ -2191,6 +2191,7 @@ def _features_worker(task):
     # torch only here: preparing manifests should not pay for importing it.
     import torch
 
+    from dmha_modules.audio import read_audio
     from dmha_modules.features import LogMelFeatures
 
     line_number, path, suffixes, target, overwrite = task
@@ -2208,9 +2209,7 @@ def _features_worker(task):
     ):
         return line_number, None
     try:
-        signal, sample_rate = soundfile.read(
-            audio_path, dtype="float32", always_2d=True
-        )
+        signal, sample_rate = read_audio(audio_path)
     except (RuntimeError, soundfile.LibsndfileError) as error:
         return line_number, f"{audio_path}: unreadable or corrupt audio ({error})"
     if signal.shape[0] == 0:
@@ -2224,7 +2223,7 @@ def _features_worker(task):
             f"{extractor.win_length}-sample analysis window"
         )
     with torch.no_grad():
-        features = extractor(torch.from_numpy(signal.mean(axis=1))[None])[0]
+        features = extractor(signal[None])[0]
     os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
     matrix = features.numpy().astype(numpy.float32)
     _write_atomic(

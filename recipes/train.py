@@ -27,11 +27,11 @@ import numpy as np
 import soundfile
 import speechbrain as sb
 import torch
-import torchaudio
 import yaml
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
+from dmha_modules.audio import read_audio
 from dmha_modules.data_prep import age_group, features_path
 from dmha_modules.losses import AMSoftmaxLoss, OrdinalRegressionLoss
 from dmha_modules.metrics import (
@@ -292,15 +292,6 @@ class DMHABrain(sb.Brain):
         super()._wrap_distributed()
 
 
-def read_audio(path, sample_rate, start=0, stop=None):
-    """Reads ``path[start:stop]`` (samples) as mono float32 at ``sample_rate``."""
-    audio, rate = soundfile.read(path, start=start, stop=stop, dtype="float32", always_2d=True)
-    wav = torch.from_numpy(audio.mean(axis=1))
-    if rate != sample_rate:
-        wav = torchaudio.functional.resample(wav, rate, sample_rate)
-    return wav
-
-
 def dataio_prep(hparams, label_encoder):
     """Datasets of the train / valid / test manifests with their audio and label pipelines.
 
@@ -327,8 +318,8 @@ def dataio_prep(hparams, label_encoder):
                 info = soundfile.info(wav)
                 length = int(crop * info.samplerate)
                 start = int(torch.randint(0, info.frames - length + 1, ()).item())
-                return read_audio(wav, rate, start, start + length)
-            return read_audio(wav, rate)
+                return read_audio(wav, rate, start, start + length)[0]
+            return read_audio(wav, rate)[0]
 
         return audio_pipeline
 
@@ -619,7 +610,8 @@ def main():
     )
     if if_main_process():
         first_test = next(iter(datasets["test"].data.values()))
-        write_model_folder(brain, hparams, read_audio(first_test["wav"], hparams["sample_rate"]))
+        sample, _ = read_audio(first_test["wav"], hparams["sample_rate"])
+        write_model_folder(brain, hparams, sample)
 
 
 if __name__ == "__main__":
