@@ -18,9 +18,17 @@ from dmha_modules.lengths import relative_to_steps, steps_mask
 class ConvFrontEnd(torch.nn.Module):
     """Base of the front-ends: length bookkeeping and padding masks.
 
-    Subclasses set ``output_size``, implement ``output_steps`` (valid input
-    steps to valid output steps) and ``encode`` (a 4-D channels-last batch
-    ``(B, 1, T, F)`` to the flattened sequence ``(B, T', D)``).
+    Subclasses set ``output_size``, ``time_stride`` (input frames per output
+    step) and ``context_frames`` (how far, in input frames, the receptive field
+    of an output step reaches on either side), implement ``output_steps``
+    (valid input steps to valid output steps) and ``encode`` (a 4-D
+    channels-last batch ``(B, 1, T, F)`` to the flattened sequence ``(B, T', D)``).
+
+    In eval mode, inputs longer than ``chunk_frames`` are encoded a chunk at a
+    time, each with ``context_frames`` of context on both sides, and only the
+    chunk's own outputs kept: the result is the one-pass one, and an hour of
+    audio needs memory for its output sequence, not for its activations. Set
+    ``chunk_frames = None`` to always encode in one pass (for ONNX export).
 
     Example
     -------
@@ -32,6 +40,9 @@ class ConvFrontEnd(torch.nn.Module):
     """
 
     output_size = None
+    time_stride = None
+    context_frames = None
+    chunk_frames = 3000
 
     def output_steps(self, steps):
         """Number of output steps for ``steps`` input frames (int or tensor)."""
@@ -47,8 +58,37 @@ class ConvFrontEnd(torch.nn.Module):
         steps = None
         if lengths is not None and bool((lengths < 1).any()):
             steps = relative_to_steps(lengths, x.shape[1])
+        if (
+            self.training
+            or self.chunk_frames is None
+            or x.shape[1] <= self.chunk_frames + 2 * self.context_frames
+        ):
+            return self.encode_frames(x, steps)
+        return self.encode_chunked(x, steps)
+
+    def encode_frames(self, x, steps):
+        """Encodes features ``(B, T, F)`` in one pass; ``steps`` are valid frames or None."""
         x = x.unsqueeze(1).contiguous(memory_format=torch.channels_last)
         return self.encode(mask_time(x, steps), steps)
+
+    def encode_chunked(self, x, steps):
+        """Encodes features ``(B, T, F)`` a chunk of ``chunk_frames`` at a time."""
+        total = x.shape[1]
+        stride = self.time_stride
+        # Chunks and their context start on output-step boundaries, so a
+        # chunk's output steps are the one-pass ones, shifted.
+        chunk = max(self.chunk_frames // stride, 1) * stride
+        margin = -(-self.context_frames // stride) * stride
+        total_out = self.output_steps(total)
+        outputs = []
+        for begin in range(0, total, chunk):
+            start, end = max(0, begin - margin), min(total, begin + chunk + margin)
+            local_steps = None if steps is None else (steps - start).clamp(0, end - start)
+            encoded = self.encode_frames(x[:, start:end], local_steps)
+            first = (begin - start) // stride
+            count = min(chunk // stride, total_out - begin // stride)
+            outputs.append(encoded[:, first : first + count])
+        return torch.cat(outputs, dim=1)
 
     def encode(self, x, steps):
         """Encodes a channels-last batch ``(B, 1, T, F)``; ``steps`` are valid frames or None."""
@@ -134,6 +174,9 @@ class VGG(ConvFrontEnd):
         )
         self.n_blocks = n_blocks
         self.output_size = channels * self.output_steps(input_size)
+        self.time_stride = 2**n_blocks
+        # Per block at scale s: two 3x3 convs reach 2 s, the 2x2 pooling s.
+        self.context_frames = 3 * (2**n_blocks - 1)
         self.to(memory_format=torch.channels_last)
 
     def output_steps(self, steps):
@@ -272,6 +315,10 @@ class ResNet(ConvFrontEnd):
             blocks += [BasicBlock(c_out, c_out) for _ in range(blocks_per_stage - 1)]
             self.stages.append(torch.nn.ModuleList(blocks))
         self.output_size = widths[-1]
+        self.time_stride = 2
+        # The stem conv and pooling reach 1 frame each; every basic block's two
+        # convs reach 2 steps of 2 frames after the pooling.
+        self.context_frames = 2 + 4 * 3 * blocks_per_stage
         self.to(memory_format=torch.channels_last)
 
     def output_steps(self, steps):

@@ -38,6 +38,10 @@ class LogMelFeatures(torch.nn.Module):
         Hop between frames in milliseconds.
     preemphasis : float
         Pre-emphasis coefficient.
+    chunk_frames : int, optional
+        Frames computed at a time, so that an hour of audio needs memory for
+        its features but not for its spectra; None computes all at once
+        (for ONNX export). Frames are independent, so the result is the same.
 
     Example
     -------
@@ -57,9 +61,11 @@ class LogMelFeatures(torch.nn.Module):
         win_length_ms=25.0,
         hop_length_ms=10.0,
         preemphasis=0.97,
+        chunk_frames=6000,
     ):
         super().__init__()
         self.sample_rate = sample_rate
+        self.chunk_frames = chunk_frames
         self.win_length = int(sample_rate * win_length_ms / 1000)
         self.hop_length = int(sample_rate * hop_length_ms / 1000)
         self.n_fft = max(n_fft, self.win_length)
@@ -137,13 +143,23 @@ class LogMelFeatures(torch.nn.Module):
             dim=1,
         )
         frames = emphasized.unfold(1, self.win_length, self.hop_length)
-        spectrum = torch.fft.rfft(frames * self.window, n=self.n_fft).abs()
-        feats = torch.log(torch.clamp(spectrum @ self.mel_filters, min=1.0))
+        if self.chunk_frames is None or frames.shape[1] <= self.chunk_frames:
+            feats = self.log_mel(frames)
+        else:
+            feats = torch.cat(
+                [self.log_mel(chunk) for chunk in frames.split(self.chunk_frames, dim=1)],
+                dim=1,
+            )
         if lengths is not None:
             feats = feats * frame_mask(
                 self.frame_lengths(lengths, wavs.shape[1]), feats.shape[1]
             ).unsqueeze(-1)
         return feats
+
+    def log_mel(self, frames):
+        """Log-mel features of windows ``(B, frames, win_length)``."""
+        spectrum = torch.fft.rfft(frames * self.window, n=self.n_fft).abs()
+        return torch.log(torch.clamp(spectrum @ self.mel_filters, min=1.0))
 
 
 class UtteranceNorm(torch.nn.Module):

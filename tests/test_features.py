@@ -116,3 +116,13 @@ def test_padding_in_a_batch_changes_nothing():
 def test_too_short_waveform_is_refused_clearly():
     with pytest.raises(ValueError, match="shorter than one 400-sample window"):
         LogMelFeatures(16000)(torch.zeros(1, 399))
+
+
+def test_features_computed_in_chunks_equal_one_pass():
+    torch.manual_seed(0)
+    wavs = torch.rand(2, 48000) - 0.5
+    lengths = torch.tensor([1.0, 0.6])
+    one_pass = LogMelFeatures(chunk_frames=None)(wavs, lengths)
+    chunked = LogMelFeatures(chunk_frames=77)(wavs, lengths)
+    assert chunked.shape == one_pass.shape == (2, 298, 80)
+    assert torch.equal(chunked, one_pass)

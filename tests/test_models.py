@@ -115,3 +115,32 @@ def test_attention_weights_are_returned_for_plots():
     assert time_weights.shape == (2, 5, 4) and head_weights.shape == (2, 4)
     torch.testing.assert_close(time_weights.sum(dim=1), torch.ones(2, 4))
     assert time_weights[1, 3:].abs().max() == 0
+
+
+def randomise_batch_norms(module):
+    """Gives every BatchNorm non-trivial running statistics, so eval mode is not the identity."""
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
+            layer.running_mean.uniform_(-1, 1)
+            layer.running_var.uniform_(0.5, 2)
+
+
+@pytest.mark.parametrize("front_end", FRONT_ENDS)
+def test_long_inputs_encoded_in_chunks_equal_one_pass(front_end):
+    torch.manual_seed(0)
+    model = EmbeddingModel(front_end=front_end, channels=16, heads=4, emb_dim=32).eval()
+    randomise_batch_norms(model)
+    feats = torch.randn(2, 1037, 80)
+    lengths = torch.tensor([1.0, 0.7])
+    with torch.no_grad():
+        model.front_end.chunk_frames = None
+        one_pass = model(feats, lengths)
+        # Chunks of ~100 frames: 11 chunks, the last one short.
+        model.front_end.chunk_frames = 100
+        chunked = model(feats, lengths)
+        # Without enough context at the chunk edges the result would change:
+        # the check above can fail.
+        model.front_end.context_frames = 0
+        no_context = model(feats, lengths)
+    assert torch.allclose(chunked, one_pass, atol=1e-5)
+    assert not torch.allclose(no_context, one_pass, atol=1e-5)
