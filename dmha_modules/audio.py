@@ -1,5 +1,8 @@
 """Reading audio as the models take it: mono float32, at a chosen sample rate."""
 
+import os
+import struct
+
 import soundfile
 import torch
 import torchaudio
@@ -34,6 +37,67 @@ def read_audio(path, sample_rate=None, start=0, stop=None):
     audio, rate = soundfile.read(path, start=start, stop=stop, dtype="float32", always_2d=True)
     wav = torch.from_numpy(audio.mean(axis=1))
     if sample_rate is not None and rate != sample_rate:
-        wav = torchaudio.functional.resample(wav, rate, sample_rate)
+        wav = resample(wav, rate, sample_rate)
         rate = sample_rate
     return wav, rate
+
+
+def resample(wav, rate, sample_rate, piece_seconds=60):
+    """Resamples ``wav`` ``(samples,)`` from ``rate`` to ``sample_rate`` in bounded memory.
+
+    Audio longer than two pieces is resampled a piece at a time, each with a
+    second of real context on both sides (the resampling filter reaches a few
+    milliseconds), so the result is the one-pass one.
+
+    Example
+    -------
+    >>> wav = torch.sin(torch.arange(48000 * 3) * 0.01)
+    >>> one_pass = resample(wav, 48000, 16000, piece_seconds=10)
+    >>> pieces = resample(wav, 48000, 16000, piece_seconds=1)
+    >>> one_pass.shape == pieces.shape, bool((one_pass - pieces).abs().max() < 1e-5)
+    (True, True)
+    """
+    step = piece_seconds * rate
+    if len(wav) <= 2 * step:
+        return torchaudio.functional.resample(wav, rate, sample_rate)
+    total = -(-len(wav) * sample_rate // rate)
+    pieces = []
+    for begin in range(0, len(wav), step):
+        start, end = max(0, begin - rate), min(len(wav), begin + step + rate)
+        piece = torchaudio.functional.resample(wav[start:end], rate, sample_rate)
+        skip = (begin - start) * sample_rate // rate
+        pieces.append(piece[skip : skip + step * sample_rate // rate])
+    return torch.cat(pieces)[:total]
+
+
+def wav_bytes_missing(path):
+    """Bytes of audio data a WAV file's header promises but the file lacks; 0 if complete.
+
+    libsndfile reads a truncated WAV file without complaint, up to where it
+    ends. Files that are not RIFF/WAVE, and streamed WAV files (data size 0
+    or 0xFFFFFFFF), give 0.
+
+    Example
+    -------
+    >>> import os, tempfile, numpy
+    >>> path = os.path.join(tempfile.mkdtemp(), "cut.wav")
+    >>> soundfile.write(path, numpy.zeros(1000), 8000, subtype="PCM_16")
+    >>> os.truncate(path, os.path.getsize(path) - 100)
+    >>> wav_bytes_missing(path)
+    100
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as audio:
+        header = audio.read(12)
+        if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+            return 0
+        position = 12
+        while position + 8 <= size:
+            audio.seek(position)
+            chunk_id, chunk_size = struct.unpack("<4sI", audio.read(8))
+            if chunk_id == b"data":
+                if chunk_size in (0, 0xFFFFFFFF):
+                    return 0
+                return max(0, position + 8 + chunk_size - size)
+            position += 8 + chunk_size + (chunk_size & 1)
+    return 0

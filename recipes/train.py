@@ -20,20 +20,26 @@ hyperparameters).
 import dataclasses
 import json
 import os
-import shutil
 import sys
 
 import numpy as np
 import soundfile
 import speechbrain as sb
 import torch
-import yaml
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from dmha_modules.audio import read_audio
 from dmha_modules.data_prep import age_group, features_path
-from dmha_modules.losses import AMSoftmaxLoss, OrdinalRegressionLoss
+from dmha_modules.experiment import (
+    build_model,
+    embedding_spec,
+    make_label_encoder,
+    train_statistics,
+)
+from dmha_modules.export import experiment_card, write_model_folder
+from dmha_modules.inference import embed_waveforms, group_posteriors
+from dmha_modules.losses import OrdinalRegressionLoss
 from dmha_modules.metrics import (
     classification_metrics,
     cosine_scores,
@@ -95,11 +101,7 @@ class DMHABrain(sb.Brain):
     def compute_forward_embedding(self, wavs):
         """Embeddings ``(B, 1, E)`` of full-length waveforms, in eval mode."""
         self.modules.eval()
-        lens = torch.ones(len(wavs), device=wavs.device)
-        frame_lens = self.modules.compute_features.frame_lengths(lens, wavs.shape[1])
-        feats = self.modules.compute_features(wavs, lens)
-        feats = self.modules.mean_var_norm(feats, frame_lens)
-        return self.modules.embedding_model(feats, frame_lens)
+        return embed_waveforms(self.modules, wavs)
 
     def augmenting(self, stage):
         """Whether waveforms are augmented: in training, from audio, when configured."""
@@ -153,17 +155,12 @@ class DMHABrain(sb.Brain):
         """
         years = predictions.get("years")
         if "scores" in predictions:
-            scores = predictions["scores"][:, 0]
-            if isinstance(self.group_loss, OrdinalRegressionLoss):
-                groups = OrdinalRegressionLoss.predict(scores)
-                at_least = torch.sigmoid(scores)
-                upper = torch.cat([at_least[:, 1:], torch.zeros_like(at_least[:, :1])], 1)
-                posteriors = (at_least - upper).clamp(min=0)
-                posteriors = posteriors / posteriors.sum(1, keepdim=True).clamp(min=1e-8)
-            else:
-                scale = getattr(self.group_loss, "scale", 1.0)
-                posteriors = torch.softmax(scale * scores, dim=1)
-                groups = posteriors.argmax(dim=1)
+            posteriors = group_posteriors(
+                predictions["scores"][:, 0],
+                ordinal=isinstance(self.group_loss, OrdinalRegressionLoss),
+                scale=getattr(self.group_loss, "scale", 1.0),
+            )
+            groups = posteriors.argmax(dim=1)
             if years is None:
                 years = posteriors @ self.group_centres.to(posteriors.device)
         else:
@@ -234,6 +231,7 @@ class DMHABrain(sb.Brain):
                 stats_meta={"Epoch loaded": self.hparams.epoch_counter.current},
                 test_stats=stats,
             )
+            self.test_metrics = {k: v for k, v in metrics.items() if k != "confusion"}
             if if_main_process():
                 self.write_test_outputs(metrics, collected)
 
@@ -369,21 +367,6 @@ def dataio_prep(hparams, label_encoder):
     return datasets, speakers
 
 
-def make_label_encoder(hparams):
-    """Age groups in bin order, or the training speakers, as class indices."""
-    path = os.path.join(hparams["save_folder"], "label_encoder.txt")
-    encoder = sb.dataio.encoder.CategoricalEncoder()
-    if hparams["task"] == "age":
-        encoder.load_or_create(path, from_iterables=[hparams["age_groups"]])
-    else:
-        train = sb.dataio.dataset.DynamicItemDataset.from_csv(
-            os.path.join(hparams["manifest_folder"], "train.csv"),
-            replacements={"data_root": hparams["data_folder"]},
-        )
-        encoder.load_or_create(path, from_didatasets=[train], output_key="spk_id")
-    return encoder
-
-
 def bucketed_loader_kwargs(hparams, dataset, train):
     """Length-bucketed batches (SpeechBrain's DynamicBatchSampler) so padding stays small.
 
@@ -409,129 +392,6 @@ def bucketed_loader_kwargs(hparams, dataset, train):
     return {"batch_sampler": sampler, "num_workers": hparams["num_workers"]}
 
 
-def train_statistics(train_data, hparams, label_encoder):
-    """Per-class counts of the training data, and (age) the mean age of each group."""
-    counts = torch.zeros(len(label_encoder))
-    ages = {i: [] for i in range(len(label_encoder))}
-    label_key = "age_group" if hparams["task"] == "age" else "spk_id"
-    keys = [label_key] + (["age"] if hparams["task"] == "age" else [])
-    with train_data.output_keys_as(keys):
-        for item in train_data:
-            index = label_encoder.encode_label(item[label_key])
-            counts[index] += 1
-            if hparams["task"] == "age":
-                ages[index].append(float(item["age"]))
-    return counts, ages
-
-
-def yaml_new(obj_path, kwargs, indent="    "):
-    """A HyperPyYAML ``!new:`` node of ``obj_path`` with ``kwargs``, as text."""
-    lines = yaml.safe_dump(kwargs, default_flow_style=False, sort_keys=False).splitlines()
-    return f"!new:{obj_path}" + "".join(f"\n{indent}{line}" for line in lines if kwargs)
-
-
-def partial_path(partial):
-    """The dotted path of the class a ``!name:`` partial builds."""
-    return f"{partial.func.__module__}.{partial.func.__qualname__}"
-
-
-def inference_hyperparams(brain, hparams):
-    """``hyperparams.yaml`` text for SpeechBrain's ``EncoderClassifier``.
-
-    The pretrainer has no paths: ``from_hparams(source=folder)`` takes each
-    ``<name>.ckpt`` from the folder itself, so nothing is fetched from a network.
-    """
-    features = brain.modules.compute_features
-    embedding = hparams["embedding_models"][hparams["embedding"]]
-    classifier = unwrap(brain.modules.classifier)
-    classifier_kwargs = dict(hparams["classifier"].keywords)
-    classifier_kwargs.update(n_classes=classifier.weight.shape[1], cosine=classifier.cosine)
-    return f"""# {hparams["task"]} model trained by recipes/train.py; load it with
-# speechbrain.inference.EncoderClassifier.from_hparams(source=<this folder>).
-sample_rate: {features.sample_rate}
-compute_features: {yaml_new("dmha_modules.features.LogMelFeatures", dict(
-        sample_rate=features.sample_rate,
-        n_mels=int(features.mel_filters.shape[1]),
-        hop_length_ms=hparams["hop_length_ms"]))}
-mean_var_norm: {yaml_new("dmha_modules.features.UtteranceNorm", dict(
-        std_norm=brain.modules.mean_var_norm.std_norm))}
-embedding_model: {yaml_new(partial_path(embedding), dict(embedding.keywords))}
-classifier: {yaml_new("dmha_modules.losses.Classifier", classifier_kwargs)}
-label_encoder: !new:speechbrain.dataio.encoder.CategoricalEncoder
-modules:
-    compute_features: !ref <compute_features>
-    mean_var_norm: !ref <mean_var_norm>
-    embedding_model: !ref <embedding_model>
-    classifier: !ref <classifier>
-pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
-    loadables:
-        embedding_model: !ref <embedding_model>
-        classifier: !ref <classifier>
-        label_encoder: !ref <label_encoder>
-"""
-
-
-def unwrap(module):
-    """The module inside a DDP wrapper, or the module itself."""
-    return getattr(module, "module", module)
-
-
-def check_model_folder(brain, folder, sample):
-    """Loads ``folder`` as SpeechBrain would and checks it against the trained modules.
-
-    Every saved key must exist in the rebuilt modules and vice versa (the
-    pretrainer itself loads non-strictly), and a sample's embedding must match
-    the training-time one to cosine 0.9999.
-    """
-    from speechbrain.inference.classifiers import EncoderClassifier
-
-    loaded = EncoderClassifier.from_hparams(
-        source=os.path.abspath(folder), savedir=os.path.join(folder, ".loaded")
-    )
-    for name in ("embedding_model", "classifier"):
-        saved = torch.load(os.path.join(folder, f"{name}.ckpt"), weights_only=True)
-        rebuilt = loaded.mods[name].state_dict()
-        if saved.keys() != rebuilt.keys():
-            raise RuntimeError(f"{folder}/{name}.ckpt does not match the model its "
-                               f"hyperparams.yaml builds: {sorted(saved.keys() ^ rebuilt.keys())}")
-    wav = sample.to(brain.device)[None]
-    with torch.no_grad():
-        reference = brain.compute_forward_embedding(wav)
-        embedding = loaded.encode_batch(wav.cpu()).to(reference.device)
-    cosine = torch.nn.functional.cosine_similarity(reference.flatten(), embedding.flatten(), 0)
-    if cosine < 0.9999:
-        raise RuntimeError(f"{folder} reproduces the trained embedding only to cosine {cosine:.6f}")
-    shutil.rmtree(os.path.join(folder, ".loaded"))
-
-
-def write_model_folder(brain, hparams, sample):
-    """``model/``: the best checkpoint as a folder ``EncoderClassifier`` loads offline.
-
-    Also holds the years head (when trained) and the training hyperparameters.
-    Written under a temporary name, checked, then renamed into place.
-    """
-    output_folder = hparams["output_folder"]
-    folder = os.path.join(output_folder, "model")
-    tmp = folder + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    for name in ("embedding_model", "classifier", "age_head"):
-        if name in brain.modules:
-            state = unwrap(brain.modules[name]).state_dict()
-            torch.save(state, os.path.join(tmp, f"{name}.ckpt"))
-    brain.label_encoder.save(os.path.join(tmp, "label_encoder.ckpt"))
-    shutil.copy(
-        os.path.join(output_folder, "hyperparams.yaml"),
-        os.path.join(tmp, "train_hyperparams.yaml"),
-    )
-    if "classifier" in brain.modules:  # a years-only model is no classifier
-        with open(os.path.join(tmp, "hyperparams.yaml"), "w", encoding="utf-8") as f:
-            f.write(inference_hyperparams(brain, hparams))
-        check_model_folder(brain, tmp, sample)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
-
-
 def main():
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
     if not torch.cuda.is_available() and "distributed_backend" not in run_opts.overridden_args:
@@ -554,28 +414,8 @@ def main():
 
     label_encoder = make_label_encoder(hparams)
     datasets, speakers = dataio_prep(hparams, label_encoder)
-    counts, ages = train_statistics(datasets["train"], hparams, label_encoder)
-    all_ages = [age for group in ages.values() for age in group]
-
-    modules = dict(hparams["modules"])
-    group_loss = None
-    if hparams["group_loss"] is not None:
-        group_loss = hparams["group_losses"][hparams["group_loss"]]()
-        # AM-Softmax works on cosines; the other losses on plain logits.
-        modules["classifier"] = hparams["classifier"](
-            n_classes=len(label_encoder), cosine=isinstance(group_loss, AMSoftmaxLoss)
-        )
-    if hparams["task"] == "age" and hparams["years_loss_weight"] > 0:
-        modules["age_head"] = hparams["age_head"]
-        modules["age_head"].set_age_stats(np.mean(all_ages), np.std(all_ages))
-    if hasattr(group_loss, "set_class_counts"):
-        group_loss.set_class_counts(counts)
-    for name in ("classifier", "age_head"):
-        if name in modules:
-            hparams["checkpointer"].add_recoverable(name, modules[name])
-    if group_loss is not None:
-        # Its buffers (annealing step, class weights) resume with the model.
-        hparams["checkpointer"].add_recoverable("group_loss", group_loss)
+    counts, ages = train_statistics(datasets["train"].data.values(), hparams, label_encoder)
+    modules, group_loss, age_decoding = build_model(hparams, label_encoder, counts, ages)
 
     brain = DMHABrain(
         modules=modules,
@@ -587,12 +427,8 @@ def main():
     brain.label_encoder = label_encoder
     brain.group_loss = group_loss
     brain.speakers = speakers
-    if hparams["task"] == "age":
-        # A group absent from training gets the mean of all training ages.
-        overall = float(np.mean(all_ages))
-        brain.group_centres = torch.tensor(
-            [float(np.mean(ages[i])) if ages[i] else overall for i in range(len(label_encoder))]
-        )
+    if age_decoding is not None:
+        brain.group_centres = torch.tensor(age_decoding["group_centres"])
 
     brain.fit(
         brain.hparams.epoch_counter,
@@ -608,10 +444,20 @@ def main():
         test_loader_kwargs=bucketed_loader_kwargs(hparams, datasets["test"], train=False),
         **best,
     )
-    if if_main_process():
-        first_test = next(iter(datasets["test"].data.values()))
-        sample, _ = read_audio(first_test["wav"], hparams["sample_rate"])
-        write_model_folder(brain, hparams, sample)
+    if if_main_process() and "classifier" in brain.modules:  # a years-only model is no classifier
+        write_model_folder(
+            os.path.join(hparams["output_folder"], "model"),
+            {name: getattr(module, "module", module) for name, module in brain.modules.items()},
+            embedding_spec(hparams),
+            label_encoder,
+            read_audio(next(iter(datasets["test"].data.values()))["wav"], hparams["sample_rate"])[0],
+            task=hparams["task"],
+            age_decoding=age_decoding,
+            verification_threshold=brain.test_metrics.get("eer_threshold"),
+            card=experiment_card(hparams, label_encoder, brain.test_metrics),
+            extra_files=[(os.path.join(hparams["output_folder"], "hyperparams.yaml"),
+                          "train_hyperparams.yaml")],
+        )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,357 @@
+"""Model folders: what SpeechBrain's ``EncoderClassifier.from_hparams`` loads.
+
+A folder holds ``hyperparams.yaml`` (features, normalisation, the embedding
+model, the classifier, the label encoder, the years head of age models, and a
+pretrainer without network paths), one ``<name>.ckpt`` per module,
+``label_encoder.ckpt`` and ``model_card.md``. ``write_model_folder`` writes it
+under a temporary name, loads it back with SpeechBrain, checks that every
+saved key loads (the pretrainer itself loads non-strictly) and that a sample's
+embedding matches the given modules' to cosine 0.9999, and only then renames
+it into place. ``export_experiment`` does this from a training output folder.
+"""
+
+import json
+import os
+import shutil
+
+import torch
+import yaml
+
+from dmha_modules.experiment import (
+    build_model,
+    embedding_spec,
+    make_label_encoder,
+    read_manifest,
+    train_statistics,
+)
+from dmha_modules.inference import AudioError, embed_waveforms, load_utterance
+
+MODEL_CHECKPOINTS = ("embedding_model", "classifier", "age_head")
+
+
+def yaml_new(obj_path, kwargs, indent="    "):
+    """A HyperPyYAML ``!new:`` node of ``obj_path`` with ``kwargs``, as text."""
+    lines = yaml.safe_dump(kwargs, default_flow_style=False, sort_keys=False).splitlines()
+    return f"!new:{obj_path}" + "".join(f"\n{indent}{line}" for line in lines if kwargs)
+
+
+def model_hyperparams(modules, embedding, task, age_decoding=None, verification_threshold=None):
+    """``hyperparams.yaml`` text of a model folder.
+
+    Arguments
+    ---------
+    modules : dict
+        ``compute_features``, ``mean_var_norm``, ``embedding_model``,
+        ``classifier`` and optionally ``age_head``.
+    embedding : tuple
+        ``(class path, kwargs)`` that build the embedding model.
+    task : str
+        ``"age"`` or ``"speaker"``.
+    age_decoding : dict, optional
+        Age models: ``group_posteriors``, ``score_scale``, ``group_centres``.
+    verification_threshold : float, optional
+        Cosine above which two utterances are called the same speaker.
+
+    Returns
+    -------
+    str
+    """
+    features = modules["compute_features"]
+    classifier = modules["classifier"]
+    classifier_kwargs = {
+        "input_size": classifier.pre_layer.in_features,
+        "n_classes": classifier.weight.shape[1],
+        "hidden_size": classifier.pre_layer.out_features,
+        "cosine": classifier.cosine,
+    }
+    loadables = ["embedding_model", "classifier", "label_encoder"]
+    extra = ""
+    if "age_head" in modules:
+        extra += "age_head: " + yaml_new(
+            "dmha_modules.losses.AgeRegressionHead",
+            {"input_size": modules["age_head"].linear.in_features},
+        ) + "\n"
+        loadables.insert(2, "age_head")
+    if age_decoding is not None:
+        extra += (
+            "# Age: group probabilities from the classifier's scores; years from the\n"
+            "# years head when there is one, else the probabilities times group_centres\n"
+            "# (the training ages' mean per group, in class order).\n"
+            + yaml.safe_dump(age_decoding, default_flow_style=None, sort_keys=False)
+        )
+    mods = ["compute_features", "mean_var_norm", "embedding_model", "mean_var_norm_emb",
+            "classifier"] + (["age_head"] if "age_head" in modules else [])
+    return f"""# {task} model; load it with
+# speechbrain.inference.EncoderClassifier.from_hparams(source=<this folder>)
+# or dmha_modules.inference.DMHAClassifier / AgeClassifier (exact padded batches).
+task: {task}
+sample_rate: {features.sample_rate}
+verification_threshold: {"null" if verification_threshold is None else verification_threshold}
+compute_features: {yaml_new("dmha_modules.features.LogMelFeatures", {
+        "sample_rate": features.sample_rate,
+        "n_mels": int(features.mel_filters.shape[1]),
+        "hop_length_ms": 1000 * features.hop_length / features.sample_rate})}
+mean_var_norm: {yaml_new("dmha_modules.features.UtteranceNorm", {
+        "std_norm": modules["mean_var_norm"].std_norm})}
+embedding_model: {yaml_new(*embedding)}
+mean_var_norm_emb: !new:dmha_modules.inference.NoEmbeddingNorm
+classifier: {yaml_new("dmha_modules.losses.Classifier", classifier_kwargs)}
+{extra}label_encoder: !new:speechbrain.dataio.encoder.CategoricalEncoder
+modules:
+{"".join(f"    {name}: !ref <{name}>{chr(10)}" for name in mods)}pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
+    loadables:
+{"".join(f"        {name}: !ref <{name}>{chr(10)}" for name in loadables)}"""
+
+
+def model_card(task, embedding, data, metrics, configuration):
+    """``model_card.md`` text: task, data, metrics and configuration."""
+    lines = [f"# dmha {task} model", "", "## Task", ""]
+    lines.append(
+        "Age group (and age in years) from speech."
+        if task == "age"
+        else "Speaker embeddings for verification (cosine scoring)."
+    )
+    lines += ["", "## Data", "", data, "", "## Metrics", ""]
+    if metrics:
+        lines += ["| metric | value |", "|---|---|"]
+        lines += [f"| {name} | {value:.4g} |" for name, value in metrics.items()
+                  if isinstance(value, (int, float))]
+    else:
+        lines.append("Not measured.")
+    lines += ["", "## Configuration", "", f"Embedding model: `{embedding[0]}`", "", "```yaml",
+              yaml.safe_dump(configuration, sort_keys=False).rstrip(), "```", "",
+              "## Use", "", "```python",
+              "from speechbrain.inference.classifiers import EncoderClassifier",
+              'model = EncoderClassifier.from_hparams(source="<this folder>")',
+              "```", ""]
+    return "\n".join(lines)
+
+
+def check_model_folder(folder, modules, sample):
+    """Loads ``folder`` as SpeechBrain would and checks it against ``modules``.
+
+    Every saved key must exist in the rebuilt modules and vice versa, and
+    ``sample``'s embedding must match the one of ``modules`` to cosine 0.9999.
+
+    Returns
+    -------
+    float
+        The cosine.
+    """
+    from speechbrain.inference.classifiers import EncoderClassifier
+
+    loaded_dir = os.path.join(folder, ".loaded")
+    loaded = EncoderClassifier.from_hparams(source=os.path.abspath(folder), savedir=loaded_dir)
+    for name in MODEL_CHECKPOINTS:
+        path = os.path.join(folder, f"{name}.ckpt")
+        if not os.path.exists(path):
+            continue
+        saved = torch.load(path, weights_only=True)
+        rebuilt = loaded.mods[name].state_dict()
+        if saved.keys() != rebuilt.keys():
+            raise RuntimeError(
+                f"{path} does not match the model its hyperparams.yaml builds: "
+                f"{sorted(saved.keys() ^ rebuilt.keys())}"
+            )
+    device = next(modules["embedding_model"].parameters()).device
+    with torch.no_grad():
+        for module in modules.values():
+            module.eval()
+        reference = embed_waveforms(torch.nn.ModuleDict(modules), sample[None].to(device))
+        embedding = loaded.encode_batch(sample[None].cpu())
+    cosine = float(torch.nn.functional.cosine_similarity(
+        reference.flatten().cpu(), embedding.flatten(), 0))
+    if cosine < 0.9999:
+        raise RuntimeError(f"{folder} reproduces the embedding only to cosine {cosine:.6f}")
+    shutil.rmtree(loaded_dir)
+    return cosine
+
+
+def write_model_folder(
+    folder,
+    modules,
+    embedding,
+    label_encoder,
+    sample,
+    task="speaker",
+    age_decoding=None,
+    verification_threshold=None,
+    card=None,
+    extra_files=(),
+):
+    """Writes, checks and publishes a model folder (see the module docstring).
+
+    Arguments
+    ---------
+    folder : str
+        Where the folder goes (replaced if it exists, only once the new one checks out).
+    modules : dict
+        ``compute_features``, ``mean_var_norm``, ``embedding_model``,
+        ``classifier`` and optionally ``age_head`` (trained, any device).
+    embedding : tuple
+        ``(class path, kwargs)`` that build the embedding model.
+    label_encoder : CategoricalEncoder
+        Class names.
+    sample : torch.Tensor
+        A waveform ``(samples,)`` at the model's rate for the check.
+    task : str
+        ``"age"`` or ``"speaker"``.
+    age_decoding : dict, optional
+        See ``model_hyperparams``.
+    verification_threshold : float, optional
+        See ``model_hyperparams``.
+    card : dict, optional
+        ``data`` (str), ``metrics`` (dict) and ``configuration`` (dict) for
+        ``model_card.md``.
+    extra_files : sequence of (str, str)
+        ``(source path, name)`` copied into the folder.
+
+    Returns
+    -------
+    float
+        The cosine of the check.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from dmha_modules.features import LogMelFeatures, UtteranceNorm
+    >>> from dmha_modules.losses import Classifier
+    >>> from dmha_modules.models import EmbeddingModel
+    >>> from speechbrain.dataio.encoder import CategoricalEncoder
+    >>> kwargs = dict(channels=16, heads=4, emb_dim=32)
+    >>> modules = dict(compute_features=LogMelFeatures(), mean_var_norm=UtteranceNorm(),
+    ...                embedding_model=EmbeddingModel(**kwargs),
+    ...                classifier=Classifier(32, n_classes=2, hidden_size=32))
+    >>> encoder = CategoricalEncoder()
+    >>> encoder.update_from_iterable(["alice", "bob"])
+    >>> folder = os.path.join(tempfile.mkdtemp(), "model")
+    >>> cosine = write_model_folder(folder, modules, ("dmha_modules.models.EmbeddingModel",
+    ...     kwargs), encoder, torch.rand(16000) - 0.5)
+    >>> cosine > 0.9999, sorted(os.listdir(folder))[:3]
+    (True, ['classifier.ckpt', 'embedding_model.ckpt', 'hyperparams.yaml'])
+    """
+    tmp = folder.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    for name in MODEL_CHECKPOINTS:
+        if name in modules:
+            torch.save(modules[name].state_dict(), os.path.join(tmp, f"{name}.ckpt"))
+    label_encoder.save(os.path.join(tmp, "label_encoder.ckpt"))
+    with open(os.path.join(tmp, "hyperparams.yaml"), "w", encoding="utf-8") as f:
+        f.write(model_hyperparams(modules, embedding, task, age_decoding, verification_threshold))
+    card = card or {}
+    with open(os.path.join(tmp, "model_card.md"), "w", encoding="utf-8") as f:
+        f.write(model_card(task, embedding, card.get("data", "Not recorded."),
+                           card.get("metrics"), card.get("configuration", embedding[1])))
+    for source, name in extra_files:
+        shutil.copy(source, os.path.join(tmp, name))
+    cosine = check_model_folder(tmp, modules, sample)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return cosine
+
+
+def experiment_card(hparams, label_encoder, metrics):
+    """``card`` of ``write_model_folder`` for a training experiment."""
+    configuration = {
+        key: hparams[key]
+        for key in ("embedding", "front_end", "channels", "pooling", "heads", "mask_prob",
+                    "emb_dim", "n_mels", "crop_seconds", "group_loss", "number_of_epochs",
+                    "lr", "seed")
+        if key in hparams
+    }
+    noun = "age groups" if hparams["task"] == "age" else "training speakers"
+    data = (f"Trained by `recipes/train.py` on `{hparams['data_folder']}` "
+            f"(manifests in `{hparams['manifest_folder']}`), {len(label_encoder)} {noun}. "
+            "Metrics are on the held-out test speakers.")
+    return {"data": data, "metrics": metrics, "configuration": configuration}
+
+
+def saved_test_metrics(hparams):
+    """The experiment's ``test_metrics.json`` (without the confusion matrix), or {}."""
+    path = os.path.join(hparams["output_folder"], "test_metrics.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        metrics = json.load(f)
+    metrics.pop("confusion", None)
+    return metrics
+
+
+def check_sample(hparams):
+    """A waveform for the export check: the first readable test utterance, else noise."""
+    for row in read_manifest(hparams, "test")[:5]:
+        try:
+            return load_utterance(row["wav"], hparams["sample_rate"])
+        except AudioError:
+            continue
+    generator = torch.Generator().manual_seed(0)
+    return 0.1 * torch.randn(3 * hparams["sample_rate"], generator=generator)
+
+
+def export_experiment(experiment, out=None):
+    """Writes the model folder of a training output folder's best checkpoint.
+
+    The model is rebuilt from the folder's ``hyperparams.yaml`` as
+    ``recipes/train.py`` built it, and the best checkpoint by the YAML's
+    ``selection_metric`` is loaded strictly (a missing or unexpected key is
+    an error, not random weights).
+
+    Arguments
+    ---------
+    experiment : str
+        ``output_folder`` of a ``recipes/train.py`` run (it may have moved).
+    out : str, optional
+        The model folder; default ``<experiment>/model``.
+
+    Returns
+    -------
+    tuple
+        The folder and the cosine of its check.
+    """
+    from hyperpyyaml import load_hyperpyyaml
+    from speechbrain.utils.checkpoints import Checkpointer
+
+    experiment = os.path.abspath(experiment)
+    path = os.path.join(experiment, "hyperparams.yaml")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: not found; is {experiment} a recipes/train.py output folder?")
+    # The saved YAML has absolute folders of where training ran; use where it is now.
+    overrides = {
+        "output_folder": experiment,
+        "save_folder": os.path.join(experiment, "save"),
+        "manifest_folder": os.path.join(experiment, "manifests"),
+    }
+    with open(path, encoding="utf-8") as f:
+        hparams = load_hyperpyyaml(f, overrides)
+    label_encoder = make_label_encoder(hparams)
+    counts, ages = train_statistics(read_manifest(hparams, "train"), hparams, label_encoder)
+    modules, _, age_decoding = build_model(hparams, label_encoder, counts, ages)
+    if "classifier" not in modules:
+        raise ValueError(f"{path}: a model without a classifier (group_loss null) has no "
+                         "EncoderClassifier folder")
+    trained = {name: modules[name] for name in MODEL_CHECKPOINTS if name in modules}
+    checkpointer = Checkpointer(hparams["save_folder"], recoverables=trained)
+    key = hparams["selection_metric"]
+    best = {"max_key": key} if hparams["selection_direction"] == "max" else {"min_key": key}
+    checkpoint = checkpointer.find_checkpoint(**best)
+    if checkpoint is None:
+        raise FileNotFoundError(f"{hparams['save_folder']}: no checkpoint to export")
+    for name, module in trained.items():
+        state = torch.load(checkpoint.paramfiles[name], map_location="cpu", weights_only=True)
+        module.load_state_dict(state, strict=True)
+    metrics = saved_test_metrics(hparams)
+    folder = out or os.path.join(experiment, "model")
+    cosine = write_model_folder(
+        folder,
+        modules,
+        embedding_spec(hparams),
+        label_encoder,
+        check_sample(hparams),
+        task=hparams["task"],
+        age_decoding=age_decoding,
+        verification_threshold=metrics.get("eer_threshold"),
+        card=experiment_card(hparams, label_encoder, metrics),
+        extra_files=[(path, "train_hyperparams.yaml")],
+    )
+    return folder, cosine

@@ -1,0 +1,434 @@
+"""Using trained models: embeddings, age groups and years, files in bulk.
+
+A model folder (``<output_folder>/model/`` of ``recipes/train.py``, or the
+output of ``dmha export`` / ``dmha import-seed``) loads with SpeechBrain's own
+``EncoderClassifier.from_hparams(source=folder)``. The classes here load the
+same folder and add what SpeechBrain's do not:
+
+- ``DMHAClassifier``: exact padded batches (features, normalisation and
+  pooling see each utterance's own frame count, where SpeechBrain passes
+  waveform lengths), any sample rate and channel count in, clear errors for
+  bad audio, and ``embed_files`` for files in bulk.
+- ``AgeClassifier``: age group, group probabilities and age in years.
+
+Audio handling (``load_utterance``): channels are averaged, the rate is
+converted to the model's, audio shorter than ``MIN_SECONDS`` is repeated up to
+it (a warning says so), long audio is processed in chunks of bounded memory
+(see ``LogMelFeatures`` and ``ConvFrontEnd``). Empty, silent, truncated,
+NaN-holding and non-audio files raise ``AudioError`` naming the file.
+"""
+
+import concurrent.futures
+import logging
+import os
+
+import soundfile
+import torch
+from speechbrain.inference.classifiers import EncoderClassifier
+from tqdm import tqdm
+
+from dmha_modules.audio import read_audio, resample, wav_bytes_missing
+
+logger = logging.getLogger(__name__)
+
+MIN_SECONDS = 0.5
+
+
+class AudioError(ValueError):
+    """An audio file that cannot be embedded; the message names the file.
+
+    Example
+    -------
+    >>> audio_info("missing.wav")
+    Traceback (most recent call last):
+    ...
+    dmha_modules.inference.AudioError: missing.wav: no such file
+    """
+
+
+def audio_info(path):
+    """``soundfile.info`` of ``path``, or an ``AudioError`` saying what is wrong."""
+    if not os.path.isfile(path):
+        raise AudioError(f"{path}: no such file")
+    if os.path.getsize(path) == 0:
+        raise AudioError(f"{path}: empty file (0 bytes)")
+    try:
+        info = soundfile.info(path)
+    except (RuntimeError, soundfile.LibsndfileError) as error:
+        raise AudioError(f"{path}: not a readable audio file ({error})") from None
+    if info.frames <= 0:
+        raise AudioError(f"{path}: no samples")
+    return info
+
+
+def load_utterance(path, sample_rate, min_seconds=MIN_SECONDS):
+    """Reads an audio file for a model: checked, mono, at ``sample_rate``.
+
+    Arguments
+    ---------
+    path : str
+        Audio file in any format libsndfile reads.
+    sample_rate : int
+        The model's sample rate; other rates are resampled.
+    min_seconds : float
+        Shorter audio is repeated up to this length (and a warning logged).
+
+    Returns
+    -------
+    torch.Tensor
+        The waveform ``(samples,)``, float32.
+
+    Raises
+    ------
+    AudioError
+        For a missing, empty, non-audio, truncated, silent or NaN-holding file.
+
+    Example
+    -------
+    >>> import os, tempfile, numpy as np
+    >>> path = os.path.join(tempfile.mkdtemp(), "short.wav")
+    >>> soundfile.write(path, np.full((4000, 2), 0.1), 8000)  # stereo, 0.5 s
+    >>> load_utterance(path, 16000).shape
+    torch.Size([8000])
+    >>> soundfile.write(path, np.zeros(8000), 8000)
+    >>> load_utterance(path, 16000)
+    Traceback (most recent call last):
+    ...
+    dmha_modules.inference.AudioError: ...short.wav: silent (every sample is below one 16-bit step)
+    """
+    info = audio_info(path)
+    missing = wav_bytes_missing(path)
+    if missing:
+        raise AudioError(f"{path}: truncated ({missing} bytes of audio data missing)")
+    try:
+        wav, rate = read_audio(path)
+    except (RuntimeError, soundfile.LibsndfileError) as error:
+        raise AudioError(f"{path}: corrupt audio ({error})") from None
+    if len(wav) < info.frames:
+        raise AudioError(f"{path}: truncated (header says {info.frames} samples, read {len(wav)})")
+    bad = int((~torch.isfinite(wav)).sum())
+    if bad:
+        raise AudioError(f"{path}: {bad} samples are NaN or infinite")
+    if float(wav.abs().max()) < 1 / 32768:
+        raise AudioError(f"{path}: silent (every sample is below one 16-bit step)")
+    if rate != sample_rate:
+        wav = resample(wav, rate, sample_rate)
+    minimum = int(min_seconds * sample_rate)
+    if len(wav) < minimum:
+        logger.warning(
+            "%s: %.3f s is shorter than %.2f s; repeated up to it",
+            path, len(wav) / sample_rate, min_seconds,
+        )
+        wav = wav.repeat(-(-minimum // len(wav)))[:minimum]
+    return wav
+
+
+def embed_waveforms(modules, wavs, lengths=None):
+    """Embeddings ``(B, 1, E)`` of padded waveforms, each with its exact frame count.
+
+    Arguments
+    ---------
+    modules : torch.nn.ModuleDict
+        ``compute_features``, ``mean_var_norm`` and ``embedding_model``.
+    wavs : torch.Tensor
+        Waveforms ``(B, samples)`` at the model's rate.
+    lengths : torch.Tensor, optional
+        Relative lengths ``(B,)``; None for all full.
+
+    Returns
+    -------
+    torch.Tensor
+
+    Example
+    -------
+    >>> from dmha_modules.features import LogMelFeatures, UtteranceNorm
+    >>> from dmha_modules.models import EmbeddingModel
+    >>> modules = torch.nn.ModuleDict(dict(
+    ...     compute_features=LogMelFeatures(), mean_var_norm=UtteranceNorm(),
+    ...     embedding_model=EmbeddingModel(channels=16, heads=4, emb_dim=32).eval()))
+    >>> embed_waveforms(modules, torch.rand(2, 16000) - 0.5, torch.tensor([1.0, 0.5])).shape
+    torch.Size([2, 1, 32])
+    """
+    if lengths is None:
+        lengths = torch.ones(len(wavs), device=wavs.device)
+    frame_lens = modules.compute_features.frame_lengths(lengths, wavs.shape[1])
+    feats = modules.compute_features(wavs, lengths)
+    feats = modules.mean_var_norm(feats, frame_lens)
+    return modules.embedding_model(feats, frame_lens)
+
+
+def pad_batch(wavs):
+    """Zero-padded batch ``(B, max_samples)`` and relative lengths ``(B,)`` of 1-D waveforms."""
+    longest = max(len(wav) for wav in wavs)
+    batch = torch.zeros(len(wavs), longest)
+    for row, wav in zip(batch, wavs):
+        row[: len(wav)] = wav
+    lengths = torch.tensor([len(wav) / longest for wav in wavs])
+    return batch, lengths
+
+
+def length_batches(durations, batch_seconds, max_batch_size):
+    """Indices grouped longest first into batches of at most ``batch_seconds`` padded audio."""
+    order = sorted(range(len(durations)), key=lambda i: -durations[i])
+    batches, batch = [], []
+    for index in order:
+        longest = durations[batch[0]] if batch else durations[index]
+        if batch and (longest * (len(batch) + 1) > batch_seconds or len(batch) == max_batch_size):
+            batches.append(batch)
+            batch = []
+        batch.append(index)
+    if batch:
+        batches.append(batch)
+    return batches
+
+
+def embed_files(
+    embed,
+    paths,
+    sample_rate,
+    batch_seconds=120.0,
+    max_batch_size=64,
+    progress=True,
+):
+    """Embeds audio files in length-sorted batches; bad files are reported, not fatal.
+
+    Files are read in a background thread while the previous batch is embedded.
+
+    Arguments
+    ---------
+    embed : callable
+        ``embed(wavs, lengths)`` -> embeddings ``(B, E)`` of a padded batch.
+    paths : list of str
+        Audio files.
+    sample_rate : int
+        The model's sample rate.
+    batch_seconds : float
+        Most padded audio per batch, in seconds (a longer file is alone).
+    max_batch_size : int
+        Most files per batch.
+    progress : bool
+        Show a progress bar (on stderr).
+
+    Yields
+    ------
+    tuple
+        ``(index in paths, embedding (E,) or AudioError)``, in batch order.
+
+    Example
+    -------
+    >>> import os, tempfile, numpy as np
+    >>> folder = tempfile.mkdtemp()
+    >>> paths = [os.path.join(folder, f"{n}.wav") for n in ("a", "b", "bad")]
+    >>> for path, seconds in zip(paths, (1.0, 2.0)):
+    ...     soundfile.write(path, np.random.rand(int(16000 * seconds)) - 0.5, 16000)
+    >>> _ = open(paths[2], "w").write("not audio")
+    >>> mean_of = lambda wavs, lengths: wavs.mean(dim=1, keepdim=True)
+    >>> sorted((i, type(e).__name__) for i, e in embed_files(mean_of, paths, 16000, progress=False))
+    [(0, 'Tensor'), (1, 'Tensor'), (2, 'AudioError')]
+    """
+    durations = []
+    readable = []
+    for index, path in enumerate(paths):
+        try:
+            info = audio_info(path)
+        except AudioError as error:
+            yield index, error
+            continue
+        durations.append(max(info.frames / info.samplerate, MIN_SECONDS))
+        readable.append(index)
+    batches = [
+        [readable[i] for i in batch]
+        for batch in length_batches(durations, batch_seconds, max_batch_size)
+    ]
+
+    def load(batch):
+        loaded = []
+        for index in batch:
+            try:
+                loaded.append((index, load_utterance(paths[index], sample_rate)))
+            except AudioError as error:
+                loaded.append((index, error))
+        return loaded
+
+    with tqdm(total=len(paths), disable=not progress, unit="file", desc="Embedding") as bar, \
+            concurrent.futures.ThreadPoolExecutor(max_workers=1) as reader:
+        bar.update(len(paths) - len(readable))
+        pending = reader.submit(load, batches[0]) if batches else None
+        for number in range(len(batches)):
+            loaded = pending.result()
+            if number + 1 < len(batches):
+                pending = reader.submit(load, batches[number + 1])
+            good = [(index, wav) for index, wav in loaded if isinstance(wav, torch.Tensor)]
+            for index, wav in loaded:
+                if not isinstance(wav, torch.Tensor):
+                    yield index, wav
+            if good:
+                wavs, lengths = pad_batch([wav for _, wav in good])
+                with torch.inference_mode():
+                    embeddings = embed(wavs, lengths).float().cpu()
+                for (index, _), embedding in zip(good, embeddings):
+                    yield index, embedding
+            bar.update(len(loaded))
+
+
+def group_posteriors(scores, ordinal=False, scale=1.0):
+    """Age-group probabilities ``(B, C)`` from classifier scores ``(B, C)``.
+
+    Softmax of ``scale * scores`` (``scale`` is AM-Softmax's for cosine
+    classifiers, 1 for logits); for an ordinal head, the differences of the
+    cumulative "at least group c" probabilities, clipped at zero and renormalised.
+
+    Arguments
+    ---------
+    scores : torch.Tensor
+        Classifier outputs ``(B, C)``.
+    ordinal : bool
+        Scores are ordinal-regression logits.
+    scale : float
+        Softmax scale.
+
+    Returns
+    -------
+    torch.Tensor
+
+    Example
+    -------
+    >>> group_posteriors(torch.tensor([[0.0, 0.0]]))
+    tensor([[0.5000, 0.5000]])
+    >>> group_posteriors(torch.tensor([[10.0, 0.0, -10.0]]), ordinal=True).argmax().item()
+    1
+    """
+    if not ordinal:
+        return torch.softmax(scale * scores, dim=1)
+    at_least = torch.sigmoid(scores)
+    above = torch.cat([at_least[:, 1:], torch.zeros_like(at_least[:, :1])], dim=1)
+    posteriors = (at_least - above).clamp(min=0)
+    return posteriors / posteriors.sum(dim=1, keepdim=True).clamp(min=1e-8)
+
+
+class NoEmbeddingNorm(torch.nn.Module):
+    """The identity, as ``mean_var_norm_emb``.
+
+    SpeechBrain's ``SpeakerRecognition`` requires that module; dmha models are
+    trained without embedding normalisation.
+
+    Example
+    -------
+    >>> NoEmbeddingNorm()(torch.ones(2, 1, 3), torch.ones(2)).shape
+    torch.Size([2, 1, 3])
+    """
+
+    def forward(self, embeddings, lengths=None):
+        """Returns ``embeddings`` unchanged."""
+        return embeddings
+
+
+class DMHAClassifier(EncoderClassifier):
+    """SpeechBrain's ``EncoderClassifier`` with exact padded batches and checked audio.
+
+    Loads any dmha model folder: ``DMHAClassifier.from_hparams(source=folder)``.
+
+    Example
+    -------
+    >>> classifier = DMHAClassifier.from_hparams(source=folder)  # doctest: +SKIP
+    >>> classifier.embed_file("speech.wav").shape                 # doctest: +SKIP
+    torch.Size([400])
+    """
+
+    def encode_batch(self, wavs, wav_lens=None, normalize=False):
+        """Embeddings ``(B, 1, E)`` of padded waveforms ``(B, samples)`` at the model's rate."""
+        if wavs.dim() == 1:
+            wavs = wavs.unsqueeze(0)
+        wavs = wavs.to(self.device).float()
+        if wav_lens is not None:
+            wav_lens = wav_lens.to(self.device)
+        embeddings = embed_waveforms(self.mods, wavs, wav_lens)
+        if normalize:
+            embeddings = self.mods.mean_var_norm_emb(embeddings)
+        return embeddings
+
+    def load_audio(self, path, savedir=None):
+        """The checked waveform of ``path`` at the model's rate (see ``load_utterance``)."""
+        return load_utterance(path, self.hparams.sample_rate)
+
+    def embed(self, wavs, lengths):
+        """Embeddings ``(B, E)`` of a padded batch: the ``embed`` of ``embed_files``."""
+        return self.encode_batch(wavs, lengths)[:, 0]
+
+    def embed_file(self, path):
+        """The embedding ``(E,)`` of one audio file."""
+        with torch.inference_mode():
+            return self.embed(self.load_audio(path)[None], None)[0]
+
+    def embed_files(self, paths, **kwargs):
+        """``embed_files`` with this model; see that function for ``kwargs``."""
+        return embed_files(self.embed, paths, self.hparams.sample_rate, **kwargs)
+
+
+class AgeClassifier(DMHAClassifier):
+    """Age group, group probabilities and age in years from an age model folder.
+
+    Years come from the regression head when the model has one, else from the
+    group probabilities weighted by the training ages' mean of each group.
+
+    Example
+    -------
+    >>> ages = AgeClassifier.from_hparams(source=folder)  # doctest: +SKIP
+    >>> ages.classify_age_file("speech.wav")               # doctest: +SKIP
+    {'group': 'twenties', 'probabilities': {'child': 0.02, ...}, 'years': 24.3}
+    """
+
+    @property
+    def groups(self):
+        """Age group names in class order."""
+        encoder = self.hparams.label_encoder
+        return [encoder.ind2lab[i] for i in range(len(encoder))]
+
+    def age_from_embeddings(self, embeddings):
+        """Groups, probabilities ``(B, C)`` and years ``(B,)`` of embeddings ``(B, E)``.
+
+        Returns
+        -------
+        dict
+            ``groups`` (list of names), ``probabilities`` and ``years`` (tensors).
+        """
+        embeddings = embeddings.to(self.device).reshape(len(embeddings), 1, -1)
+        scores = self.mods.classifier(embeddings)[:, 0]
+        probabilities = group_posteriors(
+            scores, ordinal=self.hparams.group_posteriors == "ordinal",
+            scale=self.hparams.score_scale,
+        )
+        if "age_head" in self.mods:
+            years = self.mods.age_head(embeddings)
+        else:
+            centres = torch.tensor(self.hparams.group_centres, device=probabilities.device)
+            years = probabilities @ centres
+        groups = [self.groups[i] for i in probabilities.argmax(dim=1).tolist()]
+        return {"groups": groups, "probabilities": probabilities.cpu(), "years": years.cpu()}
+
+    def classify_age_batch(self, wavs, wav_lens=None):
+        """``age_from_embeddings`` of a padded batch of waveforms at the model's rate."""
+        with torch.inference_mode():
+            return self.age_from_embeddings(self.encode_batch(wavs, wav_lens)[:, 0])
+
+    def age_of_embedding(self, embedding):
+        """Age of one embedding ``(E,)``: ``{"group", "probabilities" (name -> p), "years"}``."""
+        with torch.inference_mode():
+            age = self.age_from_embeddings(embedding[None])
+        return {
+            "group": age["groups"][0],
+            "probabilities": dict(zip(self.groups, age["probabilities"][0].tolist())),
+            "years": float(age["years"][0]),
+        }
+
+    def classify_age_file(self, path):
+        """Age of one audio file, as ``age_of_embedding``."""
+        return self.age_of_embedding(self.embed_file(path))
+
+    def classify_age_files(self, paths, **kwargs):
+        """Ages of files in bulk: yields ``(index, age dict or AudioError)`` as ``embed_files``."""
+        for index, result in self.embed_files(paths, **kwargs):
+            if isinstance(result, AudioError):
+                yield index, result
+            else:
+                yield index, self.age_of_embedding(result)
