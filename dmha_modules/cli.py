@@ -5,10 +5,13 @@
 ``dmha features -i files.lst`` computes log-mel features of a list of audio
 files. Every option has the name of the Python argument it sets (see
 :mod:`dmha_modules.data_prep`) and may be spelt with ``_`` or ``-``;
-options left out take that function's default.
+options left out take that function's default. The commands that use trained
+models (``embed``, ``age``, ``verify``, ``score``, ``export``, ``import-seed``)
+are in :mod:`dmha_modules.model_commands`.
 
 Exit status: 0 on success, 1 when the input has problems (all listed on
-stderr) or a download fails, 2 for bad usage.
+stderr; batch commands process the good files) or a download fails, 2 for
+bad usage.
 
 Example
 -------
@@ -24,7 +27,7 @@ import inspect
 import logging
 import sys
 
-from dmha_modules import data_prep
+from dmha_modules import data_prep, model_commands
 
 PREPARERS = {
     "labels": data_prep.prepare_labels_file,
@@ -291,6 +294,7 @@ def build_parser():
         action="store_true",
         help="recompute features that already exist",
     )
+    model_commands.add_model_commands(commands)
     return parser
 
 
@@ -318,6 +322,8 @@ def main(argv=None):
     """
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command in model_commands.COMMANDS:
+        return model_commands.run(args)
     try:
         if args.command == "prepare":
             outputs = PREPARERS[args.source](**_arguments(args))

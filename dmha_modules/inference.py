@@ -31,7 +31,7 @@ from dmha_modules.audio import read_audio, resample, wav_bytes_missing
 
 logger = logging.getLogger(__name__)
 
-MIN_SECONDS = 0.5
+MIN_SECONDS = 0.25
 
 
 class AudioError(ValueError):

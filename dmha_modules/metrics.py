@@ -402,3 +402,52 @@ def cosine_scores(embeddings, pairs, chunk_size=65536):
             for chunk in index.split(chunk_size)
         ]
     )
+
+
+def adaptive_snorm(embeddings, pairs, cohort, top_n=200, chunk_size=4096):
+    """Adaptive symmetric score normalisation (AS-Norm) of cosine trial scores.
+
+    Each utterance is scored against the cohort; the mean and standard
+    deviation of its ``top_n`` highest cohort scores normalise every trial it
+    is in: ``s' = ((s - m_e) / d_e + (s - m_t) / d_t) / 2`` for enrolment
+    ``e`` and test ``t`` (Matejka et al., Interspeech 2017).
+
+    Arguments
+    ---------
+    embeddings : torch.Tensor
+        ``(N, E)`` or ``(N, 1, E)``: the utterances of the trials.
+    pairs : sequence or torch.Tensor
+        Trials as for ``cosine_scores``.
+    cohort : torch.Tensor
+        ``(M, E)`` or ``(M, 1, E)`` embeddings of cohort utterances (speakers
+        other than the trials' ones).
+    top_n : int
+        Cohort scores kept per utterance (all when the cohort is smaller).
+    chunk_size : int
+        Utterances scored against the cohort at once.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(P,)`` normalised scores.
+
+    Example
+    -------
+    >>> embeddings = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    >>> cohort = torch.tensor([[0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]])
+    >>> adaptive_snorm(embeddings, [(0, 1)], cohort, top_n=2)
+    tensor([-1.2044])
+    """
+    unit = F.normalize(torch.as_tensor(embeddings).reshape(len(embeddings), -1).float(), dim=1)
+    cohort = F.normalize(torch.as_tensor(cohort).reshape(len(cohort), -1).float(), dim=1)
+    top = min(top_n, len(cohort))
+    means, stds = [], []
+    for chunk in unit.split(chunk_size):
+        best = (chunk @ cohort.to(chunk.device).T).topk(top, dim=1).values
+        means.append(best.mean(dim=1))
+        stds.append(best.std(dim=1, unbiased=False).clamp(min=1e-6))
+    mean, std = torch.cat(means), torch.cat(stds)
+    index = torch.as_tensor(pairs, dtype=torch.long, device=unit.device)
+    scores = cosine_scores(unit, index)
+    i, j = index[:, 0], index[:, 1]
+    return ((scores - mean[i]) / std[i] + (scores - mean[j]) / std[j]) / 2

@@ -432,3 +432,62 @@ def load_seed(checkpoint, config):
         settings=settings,
         n_classes=n_classes,
     )
+
+
+def import_seed(checkpoint, config, out, sample_rate=16000):
+    """Writes a model folder (see ``dmha_modules.export``) of an original-code model.
+
+    The features are the original's (``LogMelFeatures`` at ``sample_rate``,
+    per-utterance mean normalisation); classes are named ``"0"`` to ``"C-1"``
+    as the original's labels files number speakers.
+
+    Arguments
+    ---------
+    checkpoint : str
+        The original's ``.chkpt`` file.
+    config : str
+        The original's ``_config.pkl`` file.
+    out : str
+        The model folder to write.
+    sample_rate : int
+        Sample rate of the training audio.
+
+    Returns
+    -------
+    tuple
+        The folder and the cosine of its check (loaded by SpeechBrain vs
+        the converted modules).
+    """
+    from speechbrain.dataio.encoder import CategoricalEncoder
+
+    from dmha_modules.export import write_model_folder
+    from dmha_modules.features import LogMelFeatures, UtteranceNorm
+    from dmha_modules.losses import Classifier
+    from dmha_modules.models import EmbeddingModel
+
+    seed = load_seed(checkpoint, config)
+    embedding_model = EmbeddingModel(**seed.embedding_kwargs)
+    embedding_model.load_state_dict(seed.embedding_state, strict=True)
+    classifier = Classifier(**seed.classifier_kwargs)
+    classifier.load_state_dict(seed.classifier_state, strict=True)
+    modules = {
+        "compute_features": LogMelFeatures(sample_rate=sample_rate),
+        "mean_var_norm": UtteranceNorm(),
+        "embedding_model": embedding_model,
+        "classifier": classifier,
+    }
+    encoder = CategoricalEncoder()
+    encoder.update_from_iterable([str(i) for i in range(seed.n_classes)])
+    generator = torch.Generator().manual_seed(0)
+    sample = 0.1 * torch.randn(3 * sample_rate, generator=generator)
+    settings = {k: v for k, v in seed.settings.items() if isinstance(v, (int, float, str, bool))}
+    card = {
+        "data": f"Imported from the original research code: `{checkpoint}` with `{config}`.",
+        "metrics": None,
+        "configuration": settings,
+    }
+    cosine = write_model_folder(
+        out, modules, ("dmha_modules.models.EmbeddingModel", seed.embedding_kwargs),
+        encoder, sample, task="speaker", card=card,
+    )
+    return out, cosine
