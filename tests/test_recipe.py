@@ -152,7 +152,26 @@ def test_age_recipe_end_to_end(corpus, tmp_path):
     assert_encoder_classifier_loads_offline(output / "model", tmp_path, SPEAKER_AGE_GROUPS)
 
 
-def test_speaker_recipe_end_to_end(corpus, tmp_path):
+OFFLINE_VERIFY = """
+import socket, sys, soundfile, torch
+def refuse(*args, **kwargs):
+    raise OSError("network access attempted")
+socket.socket = socket.create_connection = refuse
+from speechbrain.inference.classifiers import EncoderClassifier
+from speechbrain.inference.speaker import SpeakerRecognition
+folder, savedir, wav_a, wav_b = sys.argv[1:]
+classifier = EncoderClassifier.from_hparams(source=folder, savedir=savedir + "/c")
+wavs = [torch.from_numpy(soundfile.read(path, dtype="float32")[0]) for path in (wav_a, wav_b)]
+embeddings = [classifier.encode_batch(wav[None])[0, 0] for wav in wavs]
+print(torch.nn.functional.cosine_similarity(*embeddings, dim=0).item())
+print(classifier.classify_batch(wavs[0][None])[3][0])
+verification = SpeakerRecognition.from_hparams(source=folder, savedir=savedir + "/v")
+score, decision = verification.verify_files(wav_a, wav_b)
+print(score.item(), bool(decision))
+"""
+
+
+def test_speaker_recipe_end_to_end_and_export(corpus, tmp_path):
     output = tmp_path / "speaker"
     run_recipe(recipe_command("speaker.yaml", corpus, output, "--number_of_epochs=1"))
     metrics = json.loads((output / "test_metrics.json").read_text())
@@ -163,11 +182,47 @@ def test_speaker_recipe_end_to_end(corpus, tmp_path):
         "verification_scores.png",
         "embeddings_pca.png",
         "model/embedding_model.ckpt",
+        "model/model_card.md",
     ):
         assert (output / name).is_file(), name
     assert_checkpoint_reloads(
         output, channels=16, heads=4, emb_dim=32, front_end="VGG4L"
     )
+
+    # dmha export rebuilds the model from the experiment folder, even moved.
+    moved = tmp_path / "moved"
+    output.rename(moved)
+    exported = tmp_path / "exported"
+    result = subprocess.run(
+        [sys.executable, "-m", "dmha_modules.cli", "export", "--experiment", str(moved),
+         "--out", str(exported)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("embedding_model", "classifier"):
+        recipe = torch.load(moved / "model" / f"{name}.ckpt", weights_only=True)
+        export = torch.load(exported / f"{name}.ckpt", weights_only=True)
+        assert recipe.keys() == export.keys()
+        assert all(torch.equal(recipe[key], export[key]) for key in recipe)
+    assert f"verification_threshold: {metrics['eer_threshold']}" in (
+        exported / "hyperparams.yaml"
+    ).read_text()
+
+    # A fresh process without network: SpeechBrain's classes load the folder.
+    wav_a, wav_b = sorted((corpus / "WAVE" / "SPK00").glob("*.flac"))[:2]
+    result = subprocess.run(
+        [sys.executable, "-c", OFFLINE_VERIFY, str(exported), str(tmp_path / "loaded"),
+         str(wav_a), str(wav_b)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    cosine, label, verify = result.stdout.splitlines()[-3:]
+    score, decision = verify.split()
+    # verify_files scores with SpeechBrain's default threshold 0.25.
+    assert abs(float(score) - float(cosine)) < 1e-5
+    assert decision == str(float(score) > 0.25)
+    speakers = (moved / "save" / "label_encoder.txt").read_text()
+    assert f"'{label}'" in speakers
 
 
 def test_ecapa_runs_through_the_same_recipe(corpus, tmp_path):
