@@ -35,7 +35,7 @@ def read_audio(path, sample_rate=None, start=0, stop=None):
     (torch.Size([1600]), 16000, 0.125)
     """
     audio, rate = soundfile.read(path, start=start, stop=stop, dtype="float32", always_2d=True)
-    wav = torch.from_numpy(audio.mean(axis=1))
+    wav = torch.from_numpy(audio[:, 0] if audio.shape[1] == 1 else audio.mean(axis=1))
     if sample_rate is not None and rate != sample_rate:
         wav = resample(wav, rate, sample_rate)
         rate = sample_rate

@@ -106,10 +106,9 @@ def load_utterance(path, sample_rate, min_seconds=MIN_SECONDS):
         raise AudioError(f"{path}: corrupt audio ({error})") from None
     if len(wav) < info.frames:
         raise AudioError(f"{path}: truncated (header says {info.frames} samples, read {len(wav)})")
-    bad = int((~torch.isfinite(wav)).sum())
-    if bad:
-        raise AudioError(f"{path}: {bad} samples are NaN or infinite")
-    if float(wav.abs().max()) < 1 / 32768:
+    if not bool(torch.isfinite(wav).all()):
+        raise AudioError(f"{path}: {int((~torch.isfinite(wav)).sum())} samples are NaN or infinite")
+    if max(float(wav.max()), -float(wav.min())) < 1 / 32768:
         raise AudioError(f"{path}: silent (every sample is below one 16-bit step)")
     if rate != sample_rate:
         wav = resample(wav, rate, sample_rate)
@@ -159,6 +158,8 @@ def embed_waveforms(modules, wavs, lengths=None):
 
 def pad_batch(wavs):
     """Zero-padded batch ``(B, max_samples)`` and relative lengths ``(B,)`` of 1-D waveforms."""
+    if len(wavs) == 1:  # no copy of a long file
+        return wavs[0][None], torch.ones(1)
     longest = max(len(wav) for wav in wavs)
     batch = torch.zeros(len(wavs), longest)
     for row, wav in zip(batch, wavs):
