@@ -57,9 +57,11 @@ def make_label_encoder(hparams):
     encoder = sb.dataio.encoder.CategoricalEncoder()
     if hparams["task"] == "age":
         encoder.load_or_create(path, from_iterables=[hparams["age_groups"]])
+        encoder.expect_len(len(hparams["age_groups"]))
     else:
         speakers = sorted({row["spk_id"] for row in read_manifest(hparams, "train")})
         encoder.load_or_create(path, from_iterables=[speakers])
+        encoder.expect_len(len(speakers))
     return encoder
 
 
