@@ -1,9 +1,12 @@
 """Writing embeddings: NumPy ``.npz`` / ``.npy`` or Kaldi ``.ark`` + ``.scp``.
 
-Every writer writes temporary files and renames them into place, so an
-interrupted run leaves either the old output or the new one, never half of it.
+Every writer writes all its files (a pair for ``.npy`` and ``.ark``) to
+temporary files first and only then renames them into place, so a write that
+fails (a full disk, say) leaves the old output whole and no temporary file,
+and an interrupted one never leaves half a file.
 """
 
+import contextlib
 import io
 import os
 import struct
@@ -13,11 +16,21 @@ import numpy as np
 FORMATS = (".npz", ".npy", ".ark")
 
 
-def _atomic(path, data):
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+def _atomic(files):
+    """Writes ``{path: bytes}``: every file to ``<path>.tmp``, then all renamed into place."""
+    written = []
+    try:
+        for path, data in files.items():
+            with open(path + ".tmp", "wb") as f:
+                written.append(path + ".tmp")
+                f.write(data)
+    except BaseException:
+        for tmp in written:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+        raise
+    for path in files:
+        os.replace(path + ".tmp", path)
 
 
 def kaldi_vector(vector):
@@ -60,30 +73,46 @@ def write_embeddings(path, ids, embeddings):
     embeddings = np.asarray(embeddings, dtype=np.float32)
     if len(ids) != len(embeddings):
         raise ValueError(f"{len(ids)} ids for {len(embeddings)} embeddings")
-    if len(set(ids)) != len(ids):
-        raise ValueError("utterance ids repeat; each id must name one embedding")
+    check_output(path, ids)
     stem, suffix = os.path.splitext(path)
     if suffix == ".npz":
         buffer = io.BytesIO()
         np.savez(buffer, **dict(zip(ids, embeddings)))
-        _atomic(path, buffer.getvalue())
+        _atomic({path: buffer.getvalue()})
         return [path]
     if suffix == ".npy":
         buffer = io.BytesIO()
         np.save(buffer, embeddings)
-        _atomic(stem + ".txt", "".join(f"{i}\n" for i in ids).encode("utf-8"))
-        _atomic(path, buffer.getvalue())
+        _atomic({path: buffer.getvalue(),
+                 stem + ".txt": "".join(f"{i}\n" for i in ids).encode("utf-8")})
         return [path, stem + ".txt"]
     if suffix == ".ark":
-        spaced = [i for i in ids if not i or any(c.isspace() for c in i)]
-        if spaced:
-            raise ValueError(f"Kaldi ids cannot hold whitespace: {spaced[:3]}")
         ark, scp = bytearray(), []
         for utterance, vector in zip(ids, embeddings):
             ark += utterance.encode("utf-8") + b" "
             scp.append(f"{utterance} {os.path.abspath(path)}:{len(ark)}\n")
             ark += kaldi_vector(vector)
-        _atomic(path, bytes(ark))
-        _atomic(stem + ".scp", "".join(scp).encode("utf-8"))
+        _atomic({path: bytes(ark), stem + ".scp": "".join(scp).encode("utf-8")})
         return [path, stem + ".scp"]
-    raise ValueError(f"{path}: unknown embedding format; use one of {', '.join(FORMATS)}")
+
+
+def check_output(path, ids):
+    """Raises the ``ValueError`` that ``write_embeddings(path, ids, ...)`` would raise
+    for the format or the ids, so a caller can refuse them before computing anything.
+
+    Example
+    -------
+    >>> check_output("emb.ark", ["a", "b c"])
+    Traceback (most recent call last):
+    ...
+    ValueError: Kaldi ids cannot hold whitespace: ['b c']
+    """
+    suffix = os.path.splitext(path)[1]
+    if suffix not in FORMATS:
+        raise ValueError(f"{path}: unknown embedding format; use one of {', '.join(FORMATS)}")
+    if len(set(ids)) != len(ids):
+        raise ValueError("utterance ids repeat; each id must name one embedding")
+    if suffix == ".ark":
+        spaced = [i for i in ids if not i or any(c.isspace() for c in i)]
+        if spaced:
+            raise ValueError(f"Kaldi ids cannot hold whitespace: {spaced[:3]}")

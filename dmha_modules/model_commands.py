@@ -33,7 +33,7 @@ import tempfile
 import numpy as np
 import torch
 
-from dmha_modules.embedding_io import write_embeddings
+from dmha_modules.embedding_io import check_output, write_embeddings
 from dmha_modules.inference import AgeClassifier, AudioError, DMHAClassifier
 from dmha_modules.metrics import adaptive_snorm, cosine_scores, verification_metrics
 
@@ -41,7 +41,22 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif", "
 
 
 class CommandError(Exception):
-    """A problem with a command's inputs that stops it; the message says what to fix."""
+    """A problem with a command's inputs that stops it; the message says what to fix.
+
+    Example
+    -------
+    >>> raise CommandError("trials.txt: no trials")
+    Traceback (most recent call last):
+    ...
+    dmha_modules.model_commands.CommandError: trials.txt: no trials
+    """
+
+
+def check_out_folder(path):
+    """Refuses an output whose folder does not exist, before any work is done."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise CommandError(f"{path}: the folder {folder} does not exist")
 
 
 def _model_options(parser):
@@ -230,7 +245,12 @@ def embed_paths(model, paths, args, embed=None):
 
 
 def run_embed(args):
+    check_out_folder(args.out)
     ids, paths = read_inputs(args)
+    try:
+        check_output(args.out, ids)  # before the work, not after it
+    except ValueError as error:
+        raise CommandError(str(error)) from None
     with load_model(args.model, args.device) as model:
         embed = None
         if args.onnx:
@@ -253,6 +273,7 @@ def run_embed(args):
 
 
 def run_age(args):
+    check_out_folder(args.out)
     ids, paths = read_inputs(args)
     with load_model(args.model, args.device, AgeClassifier) as model:
         if getattr(model.hparams, "task", None) != "age":
@@ -326,6 +347,7 @@ def read_trials(path, data_root):
 
 
 def run_score(args):
+    check_out_folder(args.out)
     trials = read_trials(args.trials, args.data_root)
     paths = sorted({p for enrol, test, _ in trials for p in (enrol, test)})
     index = {path: i for i, path in enumerate(paths)}
@@ -341,6 +363,7 @@ def run_score(args):
     bad = set(failed)
     kept = [t for t in trials if index[t[0]] not in bad and index[t[1]] not in bad]
     pairs = torch.tensor([(index[e], index[t]) for e, t, _ in kept], dtype=torch.long)
+    pairs = pairs.reshape(-1, 2)  # (0, 2), not (0,), when every trial was skipped
     embeddings = torch.from_numpy(embeddings)
     if args.cohort:
         scores = adaptive_snorm(embeddings, pairs, torch.from_numpy(cohort), args.top_n)
