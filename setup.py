@@ -2,6 +2,10 @@
 
 from setuptools import find_packages, setup
 
+# ONNX export (torch.onnx.export(dynamo=True) needs onnxscript) and ONNX
+# Runtime inference; the lower bounds are the versions tested with torch 2.11.
+EXPORT_REQUIRES = ["onnx>=1.23", "onnxruntime>=1.32", "onnxscript>=0.7"]
+
 setup(
     name="dmha",
     version="0.1.0",
@@ -27,9 +31,12 @@ setup(
         "matplotlib",
     ],
     extras_require={
+        "export": EXPORT_REQUIRES,
         # librosa is the independent reference the feature tests compare against.
-        # scikit-learn is the reference for the classification metrics.
-        "test": ["pytest", "librosa", "scikit-learn"],
+        # scikit-learn is the reference for the classification metrics, kaldiio
+        # the independent reader of the Kaldi .ark files `dmha embed` writes.
+        # The ONNX packages: tests/test_onnx.py and the onnx_export doctests.
+        "test": ["pytest", "librosa", "scikit-learn", "kaldiio"] + EXPORT_REQUIRES,
     },
     entry_points={"console_scripts": ["dmha=dmha_modules.cli:main"]},
 )

@@ -133,28 +133,38 @@ class LogMelFeatures(torch.nn.Module):
                 f"Waveforms of {wavs.shape[-1]} samples are shorter than one "
                 f"{self.win_length}-sample window."
             )
-        total = self.num_frames(wavs.shape[1])
-        chunk = total if self.chunk_frames is None else self.chunk_frames
-        feats = torch.cat(
-            [self.log_mel(wavs, first, min(chunk, total - first)) for first in range(0, total, chunk)],
-            dim=1,
-        )
+        if self.chunk_frames is None:
+            feats = self.log_mel(wavs)
+        else:
+            total = self.num_frames(wavs.shape[1])
+            pieces = []
+            for first in range(0, total, self.chunk_frames):
+                start = first * self.hop_length
+                count = min(self.chunk_frames, total - first)
+                end = start + (count - 1) * self.hop_length + self.win_length
+                previous = wavs[:, start - 1 : start] if start else None
+                pieces.append(self.log_mel(wavs[:, start:end], previous))
+            feats = torch.cat(pieces, dim=1)
         if lengths is not None:
             feats = feats * frame_mask(
                 self.frame_lengths(lengths, wavs.shape[1]), feats.shape[1]
             ).unsqueeze(-1)
         return feats
 
-    def log_mel(self, wavs, first, count):
-        """Features of ``count`` frames from frame ``first`` of waveforms ``(B, samples)``."""
-        start = first * self.hop_length
-        end = start + (count - 1) * self.hop_length + self.win_length
-        # The original scales to the 16-bit range; the first sample is scaled
-        # by (1 - a), as if preceded by itself.
-        previous = wavs[:, max(start - 1, 0) : end - 1].float() * 32768.0
-        if start == 0:
-            previous = torch.cat([previous[:, :1], previous], dim=1)
-        emphasized = wavs[:, start:end].float() * 32768.0 - self.preemphasis * previous
+    def log_mel(self, wavs, previous=None):
+        """Features of every frame of waveforms ``(B, samples)``, unmasked.
+
+        ``previous`` ``(B, 1)`` is the sample before ``wavs`` for pre-emphasis;
+        None at the start of a waveform, whose first sample is then scaled by
+        ``1 - a``, as if preceded by itself (as the original).
+        """
+        wavs = wavs.float() * 32768.0
+        previous = wavs[:, :1] if previous is None else previous.float() * 32768.0
+        emphasized = torch.cat(
+            [wavs[:, :1] - self.preemphasis * previous,
+             wavs[:, 1:] - self.preemphasis * wavs[:, :-1]],
+            dim=1,
+        )
         frames = emphasized.unfold(1, self.win_length, self.hop_length)
         spectrum = torch.fft.rfft(frames * self.window, n=self.n_fft).abs()
         return torch.log(torch.clamp(spectrum @ self.mel_filters, min=1.0))
