@@ -6,7 +6,7 @@ layer whose receptive field could carry them into valid frames, so an utterance
 gives the same output alone or padded in a batch (eval mode).
 
 Convolutions run channels-last: oneDNN's direct convolution in that layout is
-markedly faster on CPU than the default one (``bench/bench_embedder.py``).
+markedly faster on CPU than the default one (``bench/speed.py``).
 """
 
 import torch

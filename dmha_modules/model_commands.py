@@ -36,6 +36,7 @@ import torch
 from dmha_modules.embedding_io import check_output, write_embeddings
 from dmha_modules.inference import AgeClassifier, AudioError, DMHAClassifier
 from dmha_modules.metrics import adaptive_snorm, cosine_scores, verification_metrics
+from dmha_modules.runtime import keep_freed_memory
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".au")
 
@@ -434,6 +435,7 @@ COMMANDS = {
 
 def run(args):
     """Runs a model command; returns the exit status (1 when some inputs failed)."""
+    keep_freed_memory()
     try:
         return COMMANDS[args.command](args)
     except (CommandError, AudioError, OSError) as error:

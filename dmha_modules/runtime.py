@@ -14,7 +14,7 @@ def keep_freed_memory():
     glibc serves every allocation above 32 MB with a fresh ``mmap`` and unmaps
     it on free, so each forward pass of a large convolutional model page-faults
     all its activations in again: on the paper-size model that is a sixth of
-    the CPU time (``bench/bench_embedder.py``). Serving them from the heap and
+    the CPU time (``bench/speed.py``). Serving them from the heap and
     never trimming it keeps the pages; the process's memory then stays at its
     high-water mark. Called by the command-line entry points, never on import.
 
