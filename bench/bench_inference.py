@@ -36,11 +36,14 @@ MODELS = {
     "paper": dict(front_end="VGG4L", channels=1024, heads=16),
 }
 
+# VmHWM is this process's own peak: ru_maxrss would carry the parent's over exec.
 PEAK_RSS = """
-import resource, sys
+import sys
 from dmha_modules.cli import main
 status = main(sys.argv[1:])
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, status)
+with open("/proc/self/status") as f:
+    peak = [line for line in f if line.startswith("VmHWM:")][0].split()[1]
+print(int(peak) / 1024, status)
 """
 
 
