@@ -285,8 +285,13 @@ def check_sample(hparams):
             return load_utterance(row["wav"], hparams["sample_rate"])
         except AudioError:
             continue
+    return noise_sample(hparams["sample_rate"])
+
+
+def noise_sample(sample_rate):
+    """Three seconds of seeded noise: the export check's sample when no speech is at hand."""
     generator = torch.Generator().manual_seed(0)
-    return 0.1 * torch.randn(3 * hparams["sample_rate"], generator=generator)
+    return 0.1 * torch.randn(3 * sample_rate, generator=generator)
 
 
 def export_experiment(experiment, out=None):

@@ -76,6 +76,10 @@ def _input_options(parser):
         help="file with one audio path per line, or 'id path' (Kaldi wav.scp style)",
     )
     parser.add_argument("--folder", help="embed every audio file under this folder")
+    _batching_options(parser)
+
+
+def _batching_options(parser):
     parser.add_argument(
         "--batch_seconds", "--batch-seconds", type=float, default=120.0,
         help="most padded audio per batch, in seconds; files are batched by length "
@@ -141,9 +145,7 @@ def add_model_commands(commands):
     score.add_argument("--p_target", "--p-target", type=float, default=0.01,
                        help="target prior of minDCF (default: 0.01)")
     score.add_argument("--plot", help="PNG of the score distributions and DET curve")
-    score.add_argument("--batch_seconds", "--batch-seconds", type=float, default=120.0,
-                       help="most padded audio per batch, in seconds (default: 120)")
-    score.add_argument("--no_progress", "--no-progress", action="store_true")
+    _batching_options(score)
 
     export = commands.add_parser(
         "export", help="write a model folder from a training output folder; ONNX",

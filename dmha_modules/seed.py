@@ -460,7 +460,7 @@ def import_seed(checkpoint, config, out, sample_rate=16000):
     """
     from speechbrain.dataio.encoder import CategoricalEncoder
 
-    from dmha_modules.export import write_model_folder
+    from dmha_modules.export import noise_sample, write_model_folder
     from dmha_modules.features import LogMelFeatures, UtteranceNorm
     from dmha_modules.losses import Classifier
     from dmha_modules.models import EmbeddingModel
@@ -478,8 +478,6 @@ def import_seed(checkpoint, config, out, sample_rate=16000):
     }
     encoder = CategoricalEncoder()
     encoder.update_from_iterable([str(i) for i in range(seed.n_classes)])
-    generator = torch.Generator().manual_seed(0)
-    sample = 0.1 * torch.randn(3 * sample_rate, generator=generator)
     settings = {k: v for k, v in seed.settings.items() if isinstance(v, (int, float, str, bool))}
     card = {
         "data": f"Imported from the original research code: `{checkpoint}` with `{config}`.",
@@ -488,6 +486,6 @@ def import_seed(checkpoint, config, out, sample_rate=16000):
     }
     cosine = write_model_folder(
         out, modules, ("dmha_modules.models.EmbeddingModel", seed.embedding_kwargs),
-        encoder, sample, task="speaker", card=card,
+        encoder, noise_sample(sample_rate), task="speaker", card=card,
     )
     return out, cosine
