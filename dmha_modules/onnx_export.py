@@ -46,6 +46,7 @@ import torch
 
 from dmha_modules.encoders import ConvFrontEnd
 from dmha_modules.features import LogMelFeatures
+from dmha_modules.inference import embed_waveforms
 from dmha_modules.lengths import frame_mask, relative_to_steps
 from dmha_modules.models import EmbeddingModel
 
@@ -102,8 +103,7 @@ class _WaveformEmbedder(torch.nn.Module):
         else:
             feats = self.compute_features(wavs, lengths)
             frame_lens = self.compute_features.frame_lengths(lengths, wavs.shape[1])
-        if self.mean_var_norm is not None:
-            feats = self.mean_var_norm(feats, frame_lens)
+        feats = self.mean_var_norm(feats, frame_lens)
         return self.embedding_model(feats, frame_lens)[:, 0]
 
 
@@ -153,12 +153,11 @@ def _export_context():
 
 def _reference(compute_features, mean_var_norm, embedding_model, wavs, lengths):
     """The PyTorch computation the ONNX graph must reproduce."""
+    modules = torch.nn.ModuleDict(dict(compute_features=compute_features,
+                                       mean_var_norm=mean_var_norm,
+                                       embedding_model=embedding_model))
     with torch.no_grad():
-        feats = compute_features(wavs, lengths)
-        frame_lens = compute_features.frame_lengths(lengths, wavs.shape[1])
-        if mean_var_norm is not None:
-            feats = mean_var_norm(feats, frame_lens)
-        return embedding_model(feats, frame_lens)[:, 0]
+        return embed_waveforms(modules, wavs, lengths)[:, 0]
 
 
 def _cpu_eval_copy(module):
@@ -234,9 +233,9 @@ def export_onnx(compute_features, mean_var_norm, embedding_model, path, example_
     ---------
     compute_features : LogMelFeatures
         Feature extractor; its ``sample_rate`` is the graph's.
-    mean_var_norm : torch.nn.Module or None
+    mean_var_norm : torch.nn.Module
         Normalisation called as ``mean_var_norm(feats, frame_lens)``
-        (``UtteranceNorm``); None for none.
+        (``UtteranceNorm``).
     embedding_model : torch.nn.Module
         Called as ``embedding_model(feats, frame_lens)`` -> ``(B, 1, E)``: a DMHA
         ``EmbeddingModel`` (any front-end and pooling) or SpeechBrain's
