@@ -47,8 +47,9 @@ MODELS = [
 ]
 
 
-def train(task, slug, name, extra, args):
-    """Runs the recipe (or reuses a finished run); returns its output folder."""
+def train(task, slug, name, extra, args, threads=None):
+    """Runs the recipe (or reuses a finished run) on ``threads`` CPU threads
+    (default: torch's); returns its output folder."""
     output = os.path.join(args.out, f"{slug}_{task}")
     timing = os.path.join(output, "wall_clock.json")
     if os.path.exists(timing) and os.path.exists(os.path.join(output, "test_metrics.json")):
@@ -61,7 +62,8 @@ def train(task, slug, name, extra, args):
         command += ["--number_of_epochs", str(args.epochs)]
     print(f"[{datetime.datetime.now():%H:%M:%S}] training {name}, {task}", flush=True)
     start = time.perf_counter()
-    subprocess.run(command + extra, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
+    subprocess.run(command + extra, check=True, cwd=REPO, stdout=subprocess.DEVNULL, env=env)
     with open(timing, "w") as f:
         json.dump({"seconds": time.perf_counter() - start}, f)
     return output
