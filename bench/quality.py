@@ -10,7 +10,7 @@ of each speaker model on every pair of ``librispeech-test-other-10spk``
 from the same manifests and trials. The paper-size DMHA (VGG4L k=1024, 16
 heads) is trained only where a GPU is present; otherwise its row says skipped.
 
-    python bench/quality.py [--data DIR] [--epochs N] [--out results/quality]
+    python bench/quality.py [--data DIR] [--epochs N] [--jobs N] [--out results/quality]
 
 Runs that finished are reused (each writes ``test_metrics.json`` and
 ``wall_clock.json``); an interrupted one resumes from its checkpoint, its
@@ -27,6 +27,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -130,20 +131,29 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=data, help="DMHA_DATA folder")
     parser.add_argument("--epochs", type=int, help="epochs for every run (default: the YAMLs')")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="trainings at once, each on cores / jobs threads")
     parser.add_argument("--out", default=os.path.join(REPO, "results", "quality"))
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     trials = os.path.join(args.out, "librispeech_trials.txt")
     root, cross_labels = librispeech_trials(args.data, trials)
 
+    # Both tasks of a model run side by side with --jobs 2, so their minutes compare.
+    runs = [(task, slug, name, extra) for slug, name, extra, needs_gpu in MODELS
+            if torch.cuda.is_available() or not needs_gpu for task in ("speaker", "age")]
+    threads = max(1, torch.get_num_threads() // args.jobs)
+    with ThreadPoolExecutor(args.jobs) as pool:
+        folders = pool.map(lambda run: train(*run, args, threads=threads), runs)
+        folders = {(slug, task): folder for (task, slug, _, _), folder in zip(runs, folders)}
+
     rows = []
     age_run = None
     for slug, name, extra, needs_gpu in MODELS:
-        if needs_gpu and not torch.cuda.is_available():
+        if (slug, "speaker") not in folders:
             rows.append(f"| {name} | skipped: no GPU | | | | | | | |")
             continue
-        speaker_run = train("speaker", slug, name, extra, args)
-        age_run = train("age", slug, name, extra, args)
+        speaker_run, age_run = folders[slug, "speaker"], folders[slug, "age"]
         speaker = read_json(speaker_run, "test_metrics.json")
         age = read_json(age_run, "test_metrics.json")
         cross = cross_corpus_eer(speaker_run, root, trials,
@@ -168,8 +178,8 @@ def main():
                 "| | | 0 | 0 |")
     epochs = args.epochs or "the YAMLs' (15)"
     table = "\n".join([
-        f"Measured {datetime.date.today()} by `python bench/quality.py` "
-        f"({torch.get_num_threads()} CPU threads, "
+        f"Measured {datetime.date.today()} by `python {' '.join(['bench/quality.py'] + sys.argv[1:])}` "
+        f"({threads} CPU thread(s) per training, {args.jobs} at once, "
         f"{'GPU: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}); "
         f"speechocean762, same split, seed and epochs ({epochs}) for every model; "
         "test = held-out speakers.",

@@ -16,7 +16,6 @@ minutes are then per run, side by side). Finished runs are reused, as in
 
 import argparse
 import datetime
-import json
 import os
 import re
 import sys
