@@ -178,7 +178,7 @@ def main():
     rows.append(f"| floor: mean training age ({mean_age:.1f}) | | | | | | {mae:.2f} | 0 | 0 |")
     rows.append(f"| floor: random scores | 50 % (expected) | 1.0 | {100 * random_eer:.2f} % | "
                 "| | | 0 | 0 |")
-    epochs = args.epochs or "the YAMLs' (15)"
+    epochs = args.epochs or "15, the YAMLs'"
     table = "\n".join([
         f"Measured {datetime.date.today()} by `python {' '.join(['bench/quality.py'] + sys.argv[1:])}` "
         f"({threads} CPU thread(s) per training, {args.jobs} at once, "

@@ -4,7 +4,9 @@ Trains ``hparams/speaker.yaml``'s DMHA through ``recipes/train.py`` on
 speechocean762 (the split, seed and epochs of ``bench/quality.py``) once per
 variant below: the former YAML defaults (``START``) changed as its row says.
 Reports the best validation EER (the variants are chosen on it), the test EER
-of that checkpoint, the last epoch's training loss and the wall-clock.
+and minDCF of that checkpoint, its EER on ``librispeech-test-other-10spk``
+(as in ``bench/quality.py``), the last epoch's training loss and the
+wall-clock.
 
     python bench/tune.py [--epochs 5] [--jobs 2] [--only base nomask ...]
 
@@ -24,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from quality import REPO, read_json, train  # noqa: E402
+from quality import REPO, cross_corpus_eer, librispeech_trials, read_json, train  # noqa: E402
 
 # Every run starts from the YAML defaults as they were before this sweep
 # (head drop 0.3, lr 1e-3; its outcome, no head drop and lr 3e-4, is today's
@@ -77,6 +79,8 @@ def main():
         parser.error(f"unknown variants {unknown}; expected some of {list(known)}")
     runs = [(name, *known[name]) for name in args.only or known]
     os.makedirs(args.out, exist_ok=True)
+    trials = os.path.join(args.out, "librispeech_trials.txt")
+    root, _ = librispeech_trials(args.data, trials)
     threads = max(1, torch.get_num_threads() // args.jobs)
 
     def run(variant):
@@ -86,9 +90,11 @@ def main():
         folder = train("speaker", name, text, extra, args, threads=threads)
         valid, epoch, loss = log_summary(folder)
         test = read_json(folder, "test_metrics.json")
+        cross = cross_corpus_eer(folder, root, trials, os.path.join(folder, "librispeech_scores.txt"))
         minutes = read_json(folder, "wall_clock.json")["seconds"] / 60
         return (f"| {name} | {text} | {100 * valid:.2f} % (epoch {epoch}) | "
-                f"{100 * test['eer']:.2f} % | {test['min_dcf']:.3f} | {loss:.2f} | {minutes:.1f} |")
+                f"{100 * test['eer']:.2f} % | {test['min_dcf']:.3f} | {100 * cross:.2f} % | "
+                f"{loss:.2f} | {minutes:.1f} |")
 
     with ThreadPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(run, runs))
@@ -98,8 +104,8 @@ def main():
         "speechocean762, same split and seed; test = held-out speakers.",
         "",
         "| run | change from head drop 0.3, lr 1e-3 | best valid EER | test EER | test minDCF | "
-        "last train loss | minutes |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "EER on LibriSpeech (unseen) | last train loss | minutes |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
         *rows,
     ])
     with open(os.path.join(args.out, "tune.md"), "w") as f:
