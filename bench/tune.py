@@ -1,7 +1,7 @@
 """What moves DMHA's speaker EER under the CPU budget: one change at a time.
 
 Trains ``hparams/speaker.yaml``'s DMHA through ``recipes/train.py`` on
-speechocean762 (the split, seed and epochs of ``bench/quality.py``) once per
+speechocean762 (the split and seed of ``bench/quality.py``) once per
 variant below: the former YAML defaults (``START``) changed as its row says.
 Reports the best validation EER (the variants are chosen on it), the test EER
 and minDCF of that checkpoint, its EER on ``librispeech-test-other-10spk``
