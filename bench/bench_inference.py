@@ -26,9 +26,9 @@ import soundfile
 import torch
 
 from dmha_modules.cli import main as dmha
-from dmha_modules.export import write_model_folder
+from dmha_modules.model_folder import write_model_folder
 from dmha_modules.features import LogMelFeatures, UtteranceNorm
-from dmha_modules.losses import Classifier
+from dmha_modules.heads import Classifier
 from dmha_modules.models import EmbeddingModel
 
 MODELS = {

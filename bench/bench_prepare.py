@@ -28,7 +28,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy
 
-from dmha_modules.data_prep import prepare_labels_file
+from dmha_modules.prepare import prepare_labels_file
 
 SAMPLE_RATE = 16000
 SAMPLES = 1600  # 0.1 s
@@ -89,7 +89,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=50000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--jobs", type=int, default=None, help="header threads")
+    parser.add_argument("--jobs", type=int, default=None, help="header-reading processes")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 

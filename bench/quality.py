@@ -19,7 +19,6 @@ wall-clock then covering only the last attempt. The table goes to stdout and
 """
 
 import argparse
-import csv
 import datetime
 import itertools
 import json
@@ -32,7 +31,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from dmha_modules.atomic import write_atomic
 from dmha_modules.metrics import classification_metrics, verification_metrics
+from dmha_modules.model_builder import read_manifest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (run name, table row, recipe overrides, needs a GPU)
@@ -67,8 +68,8 @@ def train(task, slug, name, extra, args, threads=None):
     start = time.perf_counter()
     env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
     subprocess.run(command + extra, check=True, cwd=REPO, stdout=subprocess.DEVNULL, env=env)
-    with open(timing, "w") as f:
-        json.dump({"seconds": time.perf_counter() - start}, f)
+    seconds = time.perf_counter() - start
+    write_atomic(timing, lambda f: json.dump({"seconds": seconds}, f))
     return output
 
 
@@ -90,13 +91,10 @@ def librispeech_trials(data, path):
     files = sorted(os.path.relpath(os.path.join(folder, name), root)
                    for folder, _, names in os.walk(root) for name in names
                    if name.endswith(".flac"))
-    labels = []
-    with open(path, "w") as f:
-        for a, b in itertools.combinations(files, 2):
-            same = int(a.split(os.sep)[0] == b.split(os.sep)[0])
-            labels.append(same)
-            f.write(f"{same} {a} {b}\n")
-    return root, np.array(labels)
+    pairs = [(int(a.split(os.sep)[0] == b.split(os.sep)[0]), a, b)
+             for a, b in itertools.combinations(files, 2)]
+    write_atomic(path, lambda f: f.writelines(f"{same} {a} {b}\n" for same, a, b in pairs))
+    return root, np.array([same for same, _, _ in pairs])
 
 
 def cross_corpus_eer(speaker_run, root, trials, out):
@@ -111,13 +109,10 @@ def cross_corpus_eer(speaker_run, root, trials, out):
     return float(line.split()[1].rstrip("%")) / 100
 
 
-def age_floors(age_run):
+def age_floors(age_run, data_folder):
     """Majority-group and mean-age floors from an age run's manifests."""
-    def rows(split):
-        with open(os.path.join(age_run, "manifests", f"{split}.csv"), newline="") as f:
-            return list(csv.DictReader(f))
-
-    train, test = rows("train"), rows("test")
+    run = {"manifest_folder": os.path.join(age_run, "manifests"), "data_folder": data_folder}
+    train, test = (list(read_manifest(run, split).values()) for split in ("train", "test"))
     groups = sorted({row["age_group"] for row in train + test})
     index = {g: i for i, g in enumerate(groups)}
     majority = max(groups, key=[row["age_group"] for row in train].count)
@@ -126,6 +121,13 @@ def age_floors(age_run):
     mean_age = np.mean([float(row["age"]) for row in train])
     mae = float(np.mean([abs(float(row["age"]) - mean_age) for row in test]))
     return majority, metrics, mean_age, mae
+
+
+def publish_table(path, lines):
+    """Writes a Markdown table to ``path`` and prints it."""
+    table = "\n".join(lines)
+    write_atomic(path, lambda f: f.write(table + "\n"))
+    print("\n" + table)
 
 
 def main():
@@ -170,7 +172,7 @@ def main():
         )
         print(rows[-1], flush=True)
 
-    majority, floor, mean_age, mae = age_floors(age_run)
+    majority, floor, mean_age, mae = age_floors(age_run, os.path.join(args.data, "speechocean762"))
     rng = np.random.default_rng(0)
     random_eer = verification_metrics(rng.random(len(cross_labels)), cross_labels)["eer"]
     rows.append(f"| floor: majority group ({majority}) | | | | {floor['macro_f1']:.3f} | "
@@ -179,7 +181,7 @@ def main():
     rows.append(f"| floor: random scores | 50 % (expected) | 1.0 | {100 * random_eer:.2f} % | "
                 "| | | 0 | 0 |")
     epochs = args.epochs or "15, the YAMLs'"
-    table = "\n".join([
+    publish_table(os.path.join(args.out, "quality.md"), [
         f"Measured {datetime.date.today()} by `python {' '.join(['bench/quality.py'] + sys.argv[1:])}` "
         f"({threads} CPU thread(s) per training, {args.jobs} at once, "
         f"{'GPU: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}); "
@@ -191,9 +193,6 @@ def main():
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         *rows,
     ])
-    with open(os.path.join(args.out, "quality.md"), "w") as f:
-        f.write(table + "\n")
-    print("\n" + table)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,11 @@ fraction of this machine's fp32 matmul peak, measured in the same process.
 
 Rows: DMHA at the recipes' default size and at paper size, SpeechBrain's
 ECAPA-TDNN, and the original research code's paper-size model as it ran:
-rebuilt from SPEC in ``tests/test_seed.py`` (the same reference the import
+rebuilt from SPEC in ``tests/test_original.py`` (the same reference the import
 tests check against), fed librosa features computed per utterance
 (``tests/test_features.py``'s SPEC reference), with PyTorch's default
 contiguous layout and without ``keep_freed_memory``; its weights are those of
-the DMHA paper-size row (``dmha_modules.seed`` maps them), and the cosine
+the DMHA paper-size row (``dmha_modules.original`` maps them), and the cosine
 between the two rows' embeddings is printed. Each model runs in its own
 process, so the peak memory and the allocator state are its own.
 
@@ -86,9 +86,10 @@ def ours(name, device, compile_model):
     """Embedding and training-step functions of a DMHA or ECAPA model, as the recipe runs it."""
     from dmha_modules.features import LogMelFeatures, UtteranceNorm
     from dmha_modules.inference import embed_waveforms
-    from dmha_modules.losses import AMSoftmaxLoss, Classifier
+    from dmha_modules.heads import Classifier
+    from dmha_modules.losses import AMSoftmaxLoss
     from dmha_modules.models import EmbeddingModel
-    from dmha_modules.runtime import keep_freed_memory
+    from dmha_modules.allocator import keep_freed_memory
 
     keep_freed_memory()
     if name == "ecapa":
@@ -127,19 +128,19 @@ def original(device):
     """The original code's model and pipeline (see the module docstring), and a cosine check."""
     sys.path.insert(0, os.path.join(REPO, "tests"))
     from test_features import librosa_log_mel
-    from test_seed import random_seed_model, save_seed, seed_settings
+    from test_original import random_original_model, save_original, seed_settings
 
     from dmha_modules.features import LogMelFeatures, UtteranceNorm
     from dmha_modules.inference import embed_waveforms
     from dmha_modules.models import EmbeddingModel
-    from dmha_modules.seed import load_seed
+    from dmha_modules.original import load_original
 
     settings = seed_settings()
     settings.kernel_size, settings.heads_number, settings.num_spkrs = 1024, 16, CLASSES
-    seed_model = random_seed_model(settings).to(device)
+    seed_model = random_original_model(settings).to(device)
     with tempfile.TemporaryDirectory() as folder:
-        checkpoint, config = save_seed(seed_model.cpu(), settings, pathlib.Path(folder))
-        converted = load_seed(checkpoint, config)
+        checkpoint, config = save_original(seed_model.cpu(), settings, pathlib.Path(folder))
+        converted = load_original(checkpoint, config)
     seed_model.to(device)
     dmha = EmbeddingModel(**converted.embedding_kwargs)
     dmha.load_state_dict(converted.embedding_state)

@@ -26,7 +26,14 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from quality import REPO, cross_corpus_eer, librispeech_trials, read_json, train  # noqa: E402
+from quality import (  # noqa: E402
+    REPO,
+    cross_corpus_eer,
+    librispeech_trials,
+    publish_table,
+    read_json,
+    train,
+)
 
 # Every run starts from the YAML defaults as they were before this sweep
 # (head drop 0.3, lr 1e-3; its outcome, no head drop and lr 3e-4, is today's
@@ -98,7 +105,7 @@ def main():
 
     with ThreadPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(run, runs))
-    table = "\n".join([
+    publish_table(os.path.join(args.out, "tune.md"), [
         f"Measured {datetime.date.today()} by `python bench/tune.py --epochs {args.epochs} "
         f"--jobs {args.jobs}` ({threads} CPU thread(s) per run); DMHA speaker model, "
         "speechocean762, same split and seed; test = held-out speakers.",
@@ -108,9 +115,6 @@ def main():
         "|---|---|---:|---:|---:|---:|---:|---:|",
         *rows,
     ])
-    with open(os.path.join(args.out, "tune.md"), "w") as f:
-        f.write(table + "\n")
-    print("\n" + table)
 
 
 if __name__ == "__main__":

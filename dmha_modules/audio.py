@@ -1,11 +1,14 @@
 """Reading audio as the models take it: mono float32, at a chosen sample rate."""
 
 import os
-import struct
 
 import soundfile
 import torch
 import torchaudio
+
+# The one list of audio extensions lives with the header parsers, which
+# data preparation imports without torch.
+from dmha_modules.audio_headers import AUDIO_EXTENSIONS, riff_chunks  # noqa: F401
 
 
 def read_audio(path, sample_rate=None, start=0, stop=None):
@@ -88,16 +91,9 @@ def wav_bytes_missing(path):
     """
     size = os.path.getsize(path)
     with open(path, "rb") as audio:
-        header = audio.read(12)
-        if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
-            return 0
-        position = 12
-        while position + 8 <= size:
-            audio.seek(position)
-            chunk_id, chunk_size = struct.unpack("<4sI", audio.read(8))
+        for chunk_id, body, chunk_size in riff_chunks(audio, size):
             if chunk_id == b"data":
                 if chunk_size in (0, 0xFFFFFFFF):
                     return 0
-                return max(0, position + 8 + chunk_size - size)
-            position += 8 + chunk_size + (chunk_size & 1)
+                return max(0, body + chunk_size - size)
     return 0

@@ -1,36 +1,20 @@
 """Writing embeddings: NumPy ``.npz`` / ``.npy`` or Kaldi ``.ark`` + ``.scp``.
 
-Every writer writes all its files (a pair for ``.npy`` and ``.ark``) to
-temporary files first and only then renames them into place, so a write that
-fails (a full disk, say) leaves the old output whole and no temporary file,
-and an interrupted one never leaves half a file.
+Every writer writes all its files (a pair for ``.npy`` and ``.ark``) through
+:func:`dmha_modules.atomic.atomic_paths`: temporary files first, renamed into
+place only when all are written, so a write that fails (a full disk, say)
+leaves the old output whole and no temporary file, and an interrupted one
+never leaves half a file.
 """
 
-import contextlib
-import io
 import os
 import struct
 
 import numpy as np
 
+from dmha_modules.atomic import atomic_paths
+
 FORMATS = (".npz", ".npy", ".ark")
-
-
-def _atomic(files):
-    """Writes ``{path: bytes}``: every file to ``<path>.tmp``, then all renamed into place."""
-    written = []
-    try:
-        for path, data in files.items():
-            with open(path + ".tmp", "wb") as f:
-                written.append(path + ".tmp")
-                f.write(data)
-    except BaseException:
-        for tmp in written:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
-        raise
-    for path in files:
-        os.replace(path + ".tmp", path)
 
 
 def kaldi_vector(vector):
@@ -76,24 +60,27 @@ def write_embeddings(path, ids, embeddings):
     check_output(path, ids)
     stem, suffix = os.path.splitext(path)
     if suffix == ".npz":
-        buffer = io.BytesIO()
-        np.savez(buffer, **dict(zip(ids, embeddings)))
-        _atomic({path: buffer.getvalue()})
+        with atomic_paths(path) as (npz,):
+            np.savez(npz, **dict(zip(ids, embeddings)))
         return [path]
     if suffix == ".npy":
-        buffer = io.BytesIO()
-        np.save(buffer, embeddings)
-        _atomic({path: buffer.getvalue(),
-                 stem + ".txt": "".join(f"{i}\n" for i in ids).encode("utf-8")})
+        with atomic_paths(path, stem + ".txt") as (npy, txt):
+            np.save(npy, embeddings)
+            with open(txt, "x", encoding="utf-8", newline="") as listing:
+                listing.writelines(f"{i}\n" for i in ids)
         return [path, stem + ".txt"]
-    if suffix == ".ark":
-        ark, scp = bytearray(), []
+    with atomic_paths(path, stem + ".scp") as (ark, scp):
+        _write_ark(ark, scp, os.path.abspath(path), ids, embeddings)
+    return [path, stem + ".scp"]
+
+
+def _write_ark(ark_path, scp_path, final_ark, ids, embeddings):
+    """Writes the ``.ark`` and its ``.scp``, whose offsets point into ``final_ark``."""
+    with open(ark_path, "xb") as ark, open(scp_path, "x", encoding="utf-8", newline="") as scp:
         for utterance, vector in zip(ids, embeddings):
-            ark += utterance.encode("utf-8") + b" "
-            scp.append(f"{utterance} {os.path.abspath(path)}:{len(ark)}\n")
-            ark += kaldi_vector(vector)
-        _atomic({path: bytes(ark), stem + ".scp": "".join(scp).encode("utf-8")})
-        return [path, stem + ".scp"]
+            ark.write(utterance.encode("utf-8") + b" ")
+            scp.write(f"{utterance} {final_ark}:{ark.tell()}\n")
+            ark.write(kaldi_vector(vector))
 
 
 def check_output(path, ids):

@@ -1,7 +1,7 @@
 """Using trained models: embeddings, age groups and years, files in bulk.
 
 A model folder (``<output_folder>/model/`` of ``recipes/train.py``, or the
-output of ``dmha export`` / ``dmha import-seed``) loads with SpeechBrain's own
+output of ``dmha export`` / ``dmha import-original``) loads with SpeechBrain's own
 ``EncoderClassifier.from_hparams(source=folder)``. The classes here load the
 same folder and add what SpeechBrain's do not:
 

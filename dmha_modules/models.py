@@ -2,7 +2,7 @@
 
 import torch
 
-from dmha_modules.encoders import VGG3L, VGG4L, ResNet
+from dmha_modules.front_ends import VGG3L, VGG4L, ResNet
 from dmha_modules.pooling import AttentionPooling, DoubleMHAPooling, MHAPooling
 
 FRONT_ENDS = {"VGG3L": VGG3L, "VGG4L": VGG4L, "ResNet": ResNet}

@@ -38,16 +38,16 @@ import copy
 import logging
 import os
 import sys
-import tempfile
 import warnings
 
 import numpy as np
 import torch
 
-from dmha_modules.encoders import ConvFrontEnd
+from dmha_modules.atomic import atomic_paths
+from dmha_modules.front_ends import ConvFrontEnd
 from dmha_modules.features import LogMelFeatures
 from dmha_modules.inference import embed_waveforms
-from dmha_modules.lengths import frame_mask, relative_to_steps
+from dmha_modules.masks import frame_mask, relative_to_steps
 from dmha_modules.models import EmbeddingModel
 
 INPUT_NAMES = ("wavs", "lengths")
@@ -310,13 +310,7 @@ def export_onnx(compute_features, mean_var_norm, embedding_model, path, example_
             "dmha.embedding_model": type(embedding_model).__name__,
         }
     )
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(
-        dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
-    )
-    os.close(handle)
-    try:
+    with atomic_paths(path) as (temporary,):
         program.save(temporary, external_data=False)
         _check_dynamic_inputs(temporary)
         session = OnnxEmbedder(temporary, providers=["CPUExecutionProvider"])
@@ -336,10 +330,6 @@ def export_onnx(compute_features, mean_var_norm, embedding_model, path, example_
                 f"(tolerance {TOLERANCE}; embedding values up to {largest:.3g}); "
                 f"{path} not written"
             )
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
     return max_diff
 
 

@@ -15,7 +15,6 @@ previous one in place.
 """
 
 import os
-import uuid
 
 import numpy as np
 import torch
@@ -24,6 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from scipy.special import ndtri
 
+from dmha_modules.atomic import atomic_paths
 from dmha_modules.metrics import as_numpy, operating_points, verification_metrics
 
 DPI = 120
@@ -46,9 +46,8 @@ DET_UPPER_LIMITS = [0.4, 0.6, 0.8, 0.9, 0.95, 0.99, 0.999, 0.9999]
 def save_png(figure, path):
     """Writes ``figure`` to ``path`` as a PNG atomically; returns ``path``.
 
-    The image goes to a uniquely named hidden file beside ``path`` (same
-    file system, so ``os.replace`` is atomic), which is removed if saving
-    fails. Missing parent folders are created.
+    Through :func:`dmha_modules.atomic.atomic_paths`: an existing image is
+    replaced only by a complete one. Missing parent folders are created.
 
     Arguments
     ---------
@@ -62,20 +61,11 @@ def save_png(figure, path):
     str
         ``path``.
     """
-    path = os.fspath(path)
-    folder, name = os.path.split(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    temporary = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
-    try:
+    with atomic_paths(path) as (temporary,):
         # "xb" creates the file with the process's umask, unlike mkstemp's 0600.
         with open(temporary, "xb") as file:
             figure.savefig(file, format="png", dpi=DPI)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-    return path
+    return os.fspath(path)
 
 
 def plot_confusion_matrix(confusion, class_names, path, title=None, normalize=True):

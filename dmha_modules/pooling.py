@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from dmha_modules.lengths import frame_mask
+from dmha_modules.masks import frame_mask
 
 
 def learned_vector(*shape):

@@ -8,8 +8,10 @@ import dmha_modules
 
 
 def public_classes():
-    for info in pkgutil.iter_modules(dmha_modules.__path__):
-        module = importlib.import_module(f"dmha_modules.{info.name}")
+    for info in pkgutil.walk_packages(dmha_modules.__path__, prefix="dmha_modules."):
+        if info.name.endswith(".__main__"):  # runs the command line when imported
+            continue
+        module = importlib.import_module(info.name)
         for name, obj in inspect.getmembers(module, inspect.isclass):
             if obj.__module__ == module.__name__ and not name.startswith("_"):
                 yield module.__name__, name, obj

@@ -1,5 +1,7 @@
 """Embedding files read back by independent readers (kaldiio, NumPy); atomic writes."""
 
+import builtins
+import errno
 import os
 
 import kaldiio
@@ -16,7 +18,22 @@ def random_embeddings(rows=len(IDS), size=6, seed=0, dtype=np.float32):
 
 
 def leftovers(folder):
-    return sorted(p.name for p in folder.rglob("*.tmp"))
+    return sorted(p.name for p in folder.rglob("*.tmp*"))
+
+
+def fail_writing(monkeypatch, folder, name):
+    """Writing a new file in ``folder`` with ``name``'s extension fails, as on a full disk."""
+    real_open = builtins.open
+    extension = os.path.splitext(name)[1]
+
+    def open_or_fail(file, mode="r", *args, **kwargs):
+        path = os.fspath(file) if isinstance(file, (str, os.PathLike)) else ""
+        if (("w" in mode or "x" in mode) and os.path.dirname(path) == str(folder)
+                and path.endswith(extension)):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", open_or_fail)
 
 
 def test_ark_and_scp_read_back_with_kaldiio(tmp_path):
@@ -127,13 +144,13 @@ def test_rewrite_replaces_the_whole_output(tmp_path):
     [("emb.npy", "emb.npy"), ("emb.npy", "emb.txt"), ("emb.ark", "emb.ark"),
      ("emb.ark", "emb.scp")],
 )
-def test_a_failed_write_leaves_the_old_pair_whole(tmp_path, name, failing):
+def test_a_failed_write_leaves_the_old_pair_whole(tmp_path, monkeypatch, name, failing):
     """A write that fails on either file of a pair changes neither (nor leaves temporaries)."""
     old = random_embeddings(4, seed=6)
     write_embeddings(str(tmp_path / name), IDS, old)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    (tmp_path / f"{failing}.tmp").mkdir()  # that file cannot be written
+    fail_writing(monkeypatch, tmp_path, failing)  # that file cannot be written
     with pytest.raises(OSError):
         write_embeddings(str(tmp_path / name), ["n1", "n2"], random_embeddings(2, seed=7))
-    os.rmdir(tmp_path / f"{failing}.tmp")
+    monkeypatch.undo()
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

@@ -5,11 +5,10 @@ import math
 import pytest
 import torch
 
+from dmha_modules.heads import AgeRegressionHead
 from dmha_modules.losses import (
-    AgeRegressionHead,
     AgeRegressionLoss,
     AMSoftmaxLoss,
-    Classifier,
     ClassWeightedCrossEntropy,
     OrdinalRegressionLoss,
 )
@@ -81,22 +80,6 @@ def test_ordinal_regression_matches_formula_and_decodes():
     # Leading outputs above 0.5: two in the first row, one in the second (a gap stops it).
     assert OrdinalRegressionLoss.predict(logits).tolist() == [1, 0]
 
-
-def test_classifier_outputs_cosines_of_the_pre_layer():
-    torch.manual_seed(0)
-    classifier = Classifier(input_size=6, n_classes=4, hidden_size=5)
-    x = torch.randn(3, 1, 6)
-    hidden = classifier.pre_layer(x[:, 0])
-    out = classifier(x)
-    for b in range(3):
-        for c in range(4):
-            w = classifier.weight[:, c]
-            expected = (hidden[b] @ w) / (hidden[b].norm() * w.norm())
-            assert out[b, 0, c].item() == pytest.approx(expected.item(), abs=1e-6)
-    linear = Classifier(input_size=6, n_classes=4, hidden_size=5, cosine=False)
-    torch.testing.assert_close(
-        linear(x)[:, 0], linear.pre_layer(x[:, 0]) @ linear.weight + linear.bias
-    )
 
 
 def test_age_regression_head_and_losses_in_years():

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dmha_modules.encoders import VGG3L, VGG4L, ResNet
+from dmha_modules.front_ends import VGG3L, VGG4L, ResNet
 from dmha_modules.features import LogMelFeatures, UtteranceNorm
 from dmha_modules.models import EmbeddingModel
 

@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from dmha_modules.data_prep import extract_features
+from dmha_modules.feature_files import extract_features
 from dmha_modules.models import EmbeddingModel
 
 REPO = Path(__file__).resolve().parents[1]

@@ -3,7 +3,8 @@
 import torch
 
 from dmha_modules.features import LogMelFeatures, UtteranceNorm
-from dmha_modules.losses import AMSoftmaxLoss, Classifier
+from dmha_modules.heads import Classifier
+from dmha_modules.losses import AMSoftmaxLoss
 from dmha_modules.models import EmbeddingModel
 
 

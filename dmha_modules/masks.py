@@ -1,4 +1,4 @@
-"""Masks from SpeechBrain's relative lengths."""
+"""Masks from SpeechBrain's relative lengths and from step counts."""
 
 import torch
 
@@ -35,3 +35,11 @@ def frame_mask(lengths, max_len):
             [ True,  True, False, False]])
     """
     return steps_mask(relative_to_steps(lengths, max_len), max_len)
+
+
+def mask_time(x, steps):
+    """Zeroes the time steps ``>= steps[b]`` of ``x`` ``(B, C, T, F)``; no-op when ``steps`` is None."""
+    if steps is None:
+        return x
+    mask = steps_mask(steps, x.shape[2]).to(x.dtype)
+    return x * mask[:, None, :, None]

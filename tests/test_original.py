@@ -16,9 +16,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dmha_modules.losses import AMSoftmaxLoss, Classifier
+from dmha_modules.heads import Classifier
+from dmha_modules.losses import AMSoftmaxLoss
 from dmha_modules.models import EmbeddingModel
-from dmha_modules.seed import SeedFormatError, load_seed
+from dmha_modules.original import OriginalFormatError, load_original
 
 CHANNELS = 32
 HEADS = 4
@@ -186,7 +187,7 @@ def seed_settings(front_end="VGG4L", pooling="DoubleMHA"):
     )
 
 
-def random_seed_model(settings):
+def random_original_model(settings):
     """A seed model with random weights and BN statistics that keep e2 input-dependent."""
     torch.manual_seed(0)
     model = SeedSpeakerClassifier(settings)
@@ -217,7 +218,7 @@ def cmn(feats):
     return feats - feats.mean(dim=1, keepdim=True)
 
 
-def save_seed(model, settings, directory, state=None):
+def save_original(model, settings, directory, state=None):
     """Writes ``model`` in the original's format; returns (checkpoint, config) paths."""
     optimizer = torch.optim.Adam(
         model.parameters(), lr=settings.learning_rate, weight_decay=1e-3
@@ -246,7 +247,7 @@ def save_seed(model, settings, directory, state=None):
 
 
 def converted_modules(checkpoint, config):
-    seed = load_seed(checkpoint, config)
+    seed = load_original(checkpoint, config)
     embedding_model = EmbeddingModel(**seed.embedding_kwargs)
     embedding_model.load_state_dict(seed.embedding_state, strict=True)
     classifier = Classifier(**seed.classifier_kwargs)
@@ -265,8 +266,8 @@ def converted_modules(checkpoint, config):
 )
 def test_converted_model_computes_the_seed_outputs(tmp_path, front_end, pooling):
     settings = seed_settings(front_end, pooling)
-    reference = random_seed_model(settings)
-    checkpoint, config = save_seed(reference, settings, tmp_path)
+    reference = random_original_model(settings)
+    checkpoint, config = save_original(reference, settings, tmp_path)
     seed, model, classifier = converted_modules(checkpoint, config)
 
     assert seed.n_classes == SPEAKERS
@@ -340,13 +341,13 @@ def test_config_with_other_globals_is_refused_without_running_it(tmp_path, paylo
     marker = tmp_path / "pwned"
     obj = Marker(marker) if payload == "marker" else TrainingSettings()
     settings = seed_settings()
-    checkpoint, _ = save_seed(random_seed_model(settings), settings, tmp_path)
+    checkpoint, _ = save_original(random_original_model(settings), settings, tmp_path)
     config = tmp_path / "evil_config.pkl"
     with open(config, "wb") as file:
         pickle.dump(obj, file, protocol=pickle.HIGHEST_PROTOCOL)
 
-    with pytest.raises(SeedFormatError) as error:
-        load_seed(checkpoint, config)
+    with pytest.raises(OriginalFormatError) as error:
+        load_original(checkpoint, config)
     assert str(config) in str(error.value)
     assert f"refused global {refused_name(obj)}" in str(error.value)
     assert not marker.exists()
@@ -357,13 +358,13 @@ def test_checkpoint_with_other_globals_is_refused_without_running_it(tmp_path, p
     marker = tmp_path / "pwned"
     obj = Marker(marker) if payload == "marker" else TrainingSettings()
     settings = seed_settings()
-    model = random_seed_model(settings)
-    _, config = save_seed(model, settings, tmp_path)
+    model = random_original_model(settings)
+    _, config = save_original(model, settings, tmp_path)
     checkpoint = tmp_path / "evil.chkpt"
     torch.save({"model": model.state_dict(), "settings": obj}, checkpoint)
 
-    with pytest.raises(SeedFormatError) as error:
-        load_seed(checkpoint, config)
+    with pytest.raises(OriginalFormatError) as error:
+        load_original(checkpoint, config)
     assert str(checkpoint) in str(error.value)
     assert f"refused global {refused_name(obj)}" in str(error.value)
     assert not marker.exists()
@@ -371,7 +372,7 @@ def test_checkpoint_with_other_globals_is_refused_without_running_it(tmp_path, p
 
 def test_missing_unknown_and_misshaped_weights_are_all_listed(tmp_path):
     settings = seed_settings()
-    state = random_seed_model(settings).state_dict()
+    state = random_original_model(settings).state_dict()
     del state["fc1.bias"]
     del state["poolingLayer.headsAttention.att"]
     state["poolingLayer.headsAttention.extra"] = torch.zeros(3)
@@ -379,12 +380,12 @@ def test_missing_unknown_and_misshaped_weights_are_all_listed(tmp_path):
     state["poolingLayer.utteranceAttention.query"] = torch.zeros(
         HEADS, CHANNELS * 5 // HEADS
     )
-    checkpoint, config = save_seed(
-        random_seed_model(settings), settings, tmp_path, state=state
+    checkpoint, config = save_original(
+        random_original_model(settings), settings, tmp_path, state=state
     )
 
-    with pytest.raises(SeedFormatError) as error:
-        load_seed(checkpoint, config)
+    with pytest.raises(OriginalFormatError) as error:
+        load_original(checkpoint, config)
     message = str(error.value)
     assert message.startswith(str(checkpoint))
     lines = dict(line.strip().split(": ", 1) for line in message.splitlines()[1:])
@@ -402,14 +403,14 @@ def test_missing_unknown_and_misshaped_weights_are_all_listed(tmp_path):
 
 def test_seed_unused_batch_norms_are_optional(tmp_path):
     settings = seed_settings("VGG3L", "MHA")
-    model = random_seed_model(settings)
+    model = random_original_model(settings)
     state = {
         name: value
         for name, value in model.state_dict().items()
         if not name.startswith(("b1.", "b3."))
     }
-    checkpoint, config = save_seed(model, settings, tmp_path, state=state)
-    assert set(load_seed(checkpoint, config).embedding_state) == set(
+    checkpoint, config = save_original(model, settings, tmp_path, state=state)
+    assert set(load_original(checkpoint, config).embedding_state) == set(
         EmbeddingModel(
             front_end="VGG3L", channels=CHANNELS, pooling="MHA", heads=HEADS
         ).state_dict()
@@ -429,31 +430,31 @@ def test_seed_unused_batch_norms_are_optional(tmp_path):
 )
 def test_unsupported_settings_are_named(tmp_path, change, expected):
     settings = seed_settings()
-    checkpoint, config = save_seed(random_seed_model(settings), settings, tmp_path)
+    checkpoint, config = save_original(random_original_model(settings), settings, tmp_path)
     changed = argparse.Namespace(**{**vars(settings), **change})
     torch.save({"model": {}, "settings": changed}, checkpoint)
     with open(config, "wb") as file:
         pickle.dump(changed, file)
-    with pytest.raises(SeedFormatError, match=expected) as error:
-        load_seed(checkpoint, config)
+    with pytest.raises(OriginalFormatError, match=expected) as error:
+        load_original(checkpoint, config)
     assert str(checkpoint) in str(error.value)
 
 
 def test_checkpoint_without_settings_uses_the_config(tmp_path):
     settings = seed_settings("VGG3L", "Attention")
-    model = random_seed_model(settings)
-    _, config = save_seed(model, settings, tmp_path)
+    model = random_original_model(settings)
+    _, config = save_original(model, settings, tmp_path)
     checkpoint = tmp_path / "weights_only.chkpt"
     torch.save({"model": model.state_dict()}, checkpoint)
-    seed = load_seed(checkpoint, config)
+    seed = load_original(checkpoint, config)
     assert seed.settings == vars(settings)
     assert seed.embedding_kwargs["pooling"] == "Attention"
 
 
 def test_config_that_disagrees_with_the_checkpoint_is_refused(tmp_path):
     settings = seed_settings()
-    checkpoint, config = save_seed(random_seed_model(settings), settings, tmp_path)
+    checkpoint, config = save_original(random_original_model(settings), settings, tmp_path)
     with open(config, "wb") as file:
         pickle.dump(argparse.Namespace(**{**vars(settings), "kernel_size": 64}), file)
-    with pytest.raises(SeedFormatError, match="kernel_size 64 != 32"):
-        load_seed(checkpoint, config)
+    with pytest.raises(OriginalFormatError, match="kernel_size 64 != 32"):
+        load_original(checkpoint, config)

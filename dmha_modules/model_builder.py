@@ -6,12 +6,12 @@ SpeechBrain saves with the command-line overrides applied), so both always
 agree on what was trained.
 """
 
-import csv
 import os
 
 import numpy as np
 import speechbrain as sb
 import torch
+from speechbrain.dataio.dataio import load_data_csv
 
 from dmha_modules.losses import AMSoftmaxLoss, OrdinalRegressionLoss
 
@@ -22,24 +22,51 @@ def label_key(hparams):
 
 
 def read_manifest(hparams, split):
-    """The rows of ``<manifest_folder>/<split>.csv`` as dicts, ``$data_root`` filled in."""
+    """The rows of ``<manifest_folder>/<split>.csv``, as SpeechBrain's datasets read them.
+
+    ``speechbrain.dataio.dataio.load_data_csv`` (what
+    ``DynamicItemDataset.from_csv`` uses), with ``$data_root`` replaced by
+    ``data_folder``.
+
+    Arguments
+    ---------
+    hparams : dict
+        ``manifest_folder`` and ``data_folder``.
+    split : str
+        ``train``, ``valid`` or ``test``.
+
+    Returns
+    -------
+    dict
+        Utterance id -> row (a dict of the other columns, ``duration`` a float).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> with open(os.path.join(folder, "test.csv"), "w") as f:
+    ...     _ = f.write("ID,duration,wav,spk_id\\nu1,1.5,$data_root/u1.flac,s1\\n")
+    >>> read_manifest({"manifest_folder": folder, "data_folder": "/data"}, "test")
+    {'u1': {'duration': 1.5, 'wav': '/data/u1.flac', 'spk_id': 's1'}}
+    """
     path = os.path.join(hparams["manifest_folder"], f"{split}.csv")
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    for row in rows:
-        row["wav"] = row["wav"].replace("$data_root", hparams["data_folder"])
-    return rows
+    return load_data_csv(path, replacements={"data_root": hparams["data_folder"]})
 
 
-def make_label_encoder(hparams):
-    """Age groups in bin order, or the training speakers, as class indices.
+def make_label_encoder(hparams, split="train"):
+    """The classes of a split as indices: the age groups in bin order, or the split's speakers.
 
-    Saved as ``<save_folder>/label_encoder.txt`` on first use and read back after.
+    Speakers are sorted. The valid and test speakers are held out of training,
+    so each of those splits numbers its own (they only make trials). The
+    training split's encoder is saved as ``<save_folder>/label_encoder.txt``
+    on first use and read back after.
 
     Arguments
     ---------
     hparams : dict
         The experiment's hyperparameters.
+    split : str
+        ``train``, ``valid`` or ``test``.
 
     Returns
     -------
@@ -53,25 +80,26 @@ def make_label_encoder(hparams):
     >>> make_label_encoder(hparams).encode_label("adult")
     1
     """
-    path = os.path.join(hparams["save_folder"], "label_encoder.txt")
-    encoder = sb.dataio.encoder.CategoricalEncoder()
     if hparams["task"] == "age":
-        encoder.load_or_create(path, from_iterables=[hparams["age_groups"]])
-        encoder.expect_len(len(hparams["age_groups"]))
+        classes = hparams["age_groups"]
     else:
-        speakers = sorted({row["spk_id"] for row in read_manifest(hparams, "train")})
-        encoder.load_or_create(path, from_iterables=[speakers])
-        encoder.expect_len(len(speakers))
+        rows = read_manifest(hparams, split).values()
+        classes = sorted({row[label_key(hparams)] for row in rows})
+    encoder = sb.dataio.encoder.CategoricalEncoder()
+    if split == "train":
+        path = os.path.join(hparams["save_folder"], "label_encoder.txt")
+        encoder.load_or_create(path, from_iterables=[classes])
+    else:
+        encoder.update_from_iterable(classes)
+    encoder.expect_len(len(classes))
     return encoder
 
 
-def train_statistics(rows, hparams, label_encoder):
-    """Per-class counts of training rows and (age) the ages of each group.
+def train_statistics(hparams, label_encoder):
+    """Per-class counts of the training rows and (age) the ages of each group.
 
     Arguments
     ---------
-    rows : iterable of dict
-        Training manifest rows.
     hparams : dict
         The experiment's hyperparameters.
     label_encoder : CategoricalEncoder
@@ -86,7 +114,7 @@ def train_statistics(rows, hparams, label_encoder):
     """
     counts = torch.zeros(len(label_encoder))
     ages = {i: [] for i in range(len(label_encoder))}
-    for row in rows:
+    for row in read_manifest(hparams, "train").values():
         index = label_encoder.encode_label(row[label_key(hparams)])
         counts[index] += 1
         if hparams["task"] == "age":
@@ -94,22 +122,22 @@ def train_statistics(rows, hparams, label_encoder):
     return counts, ages
 
 
-def build_model(hparams, label_encoder, counts, ages):
+def build_model(hparams, label_encoder):
     """The modules to train, the group loss and the age decoding of an experiment.
 
     Adds the classifier (when there is a group loss; cosine for AM-Softmax)
     and the years head (age task with ``years_loss_weight > 0``) to the YAML's
     ``modules``, and registers them and the loss (its buffers, e.g. class
-    weights, AM-Softmax annealing step) with the checkpointer.
+    weights, AM-Softmax annealing step) with the checkpointer. The training
+    manifest gives the class counts (class weights) and the ages of each
+    group (years head statistics, group centres).
 
     Arguments
     ---------
     hparams : dict
         The experiment's hyperparameters.
     label_encoder : CategoricalEncoder
-        Classes.
-    counts, ages
-        From ``train_statistics``.
+        The training classes.
 
     Returns
     -------
@@ -120,6 +148,7 @@ def build_model(hparams, label_encoder, counts, ages):
         ``score_scale`` and ``group_centres`` (mean training age per class; a
         group absent from training gets the mean of all), as model folders keep them.
     """
+    counts, ages = train_statistics(hparams, label_encoder)
     modules = dict(hparams["modules"])
     group_loss = None
     if hparams["group_loss"] is not None:
@@ -158,3 +187,15 @@ def embedding_spec(hparams):
     """``(class path, kwargs)`` of the experiment's embedding model, for a model folder."""
     partial = hparams["embedding_models"][hparams["embedding"]]
     return f"{partial.func.__module__}.{partial.func.__qualname__}", dict(partial.keywords)
+
+
+def best_checkpoint_kwargs(hparams):
+    """``find_checkpoint``'s ``max_key`` or ``min_key``: the best by ``selection_metric``.
+
+    Example
+    -------
+    >>> best_checkpoint_kwargs({"selection_metric": "eer", "selection_direction": "min"})
+    {'min_key': 'eer'}
+    """
+    key = hparams["selection_metric"]
+    return {"max_key": key} if hparams["selection_direction"] == "max" else {"min_key": key}

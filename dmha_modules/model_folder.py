@@ -7,7 +7,9 @@ pretrainer without network paths), one ``<name>.ckpt`` per module,
 under a temporary name, loads it back with SpeechBrain, checks that every
 saved key loads (the pretrainer itself loads non-strictly) and that a sample's
 embedding matches the given modules' to cosine 0.9999, and only then renames
-it into place. ``export_experiment`` does this from a training output folder.
+it into place. ``write_experiment_model`` does this for a training
+experiment: ``recipes/train.py`` when it finishes, ``export_experiment`` from
+its output folder.
 """
 
 import json
@@ -17,14 +19,15 @@ import shutil
 import torch
 import yaml
 
-from dmha_modules.experiment import (
+from dmha_modules.atomic import atomic_paths
+from dmha_modules.inference import AudioError, embed_waveforms, load_utterance
+from dmha_modules.model_builder import (
+    best_checkpoint_kwargs,
     build_model,
     embedding_spec,
     make_label_encoder,
     read_manifest,
-    train_statistics,
 )
-from dmha_modules.inference import AudioError, embed_waveforms, load_utterance
 
 MODEL_CHECKPOINTS = ("embedding_model", "classifier", "age_head")
 
@@ -68,7 +71,7 @@ def model_hyperparams(modules, embedding, task, age_decoding=None, verification_
     extra = ""
     if "age_head" in modules:
         extra += "age_head: " + yaml_new(
-            "dmha_modules.losses.AgeRegressionHead",
+            "dmha_modules.heads.AgeRegressionHead",
             {"input_size": modules["age_head"].linear.in_features},
         ) + "\n"
         loadables.insert(2, "age_head")
@@ -95,7 +98,7 @@ mean_var_norm: {yaml_new("dmha_modules.features.UtteranceNorm", {
         "std_norm": modules["mean_var_norm"].std_norm})}
 embedding_model: {yaml_new(*embedding)}
 mean_var_norm_emb: !new:dmha_modules.inference.NoEmbeddingNorm
-classifier: {yaml_new("dmha_modules.losses.Classifier", classifier_kwargs)}
+classifier: {yaml_new("dmha_modules.heads.Classifier", classifier_kwargs)}
 {extra}label_encoder: !new:speechbrain.dataio.encoder.CategoricalEncoder
 modules:
 {"".join(f"    {name}: !ref <{name}>{chr(10)}" for name in mods)}pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
@@ -215,7 +218,7 @@ def write_model_folder(
     -------
     >>> import tempfile
     >>> from dmha_modules.features import LogMelFeatures, UtteranceNorm
-    >>> from dmha_modules.losses import Classifier
+    >>> from dmha_modules.heads import Classifier
     >>> from dmha_modules.models import EmbeddingModel
     >>> from speechbrain.dataio.encoder import CategoricalEncoder
     >>> kwargs = dict(channels=16, heads=4, emb_dim=32)
@@ -230,24 +233,23 @@ def write_model_folder(
     >>> cosine > 0.9999, sorted(os.listdir(folder))[:3]
     (True, ['classifier.ckpt', 'embedding_model.ckpt', 'hyperparams.yaml'])
     """
-    tmp = folder.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    for name in MODEL_CHECKPOINTS:
-        if name in modules:
-            torch.save(modules[name].state_dict(), os.path.join(tmp, f"{name}.ckpt"))
-    label_encoder.save(os.path.join(tmp, "label_encoder.ckpt"))
-    with open(os.path.join(tmp, "hyperparams.yaml"), "w", encoding="utf-8") as f:
-        f.write(model_hyperparams(modules, embedding, task, age_decoding, verification_threshold))
     card = card or {}
-    with open(os.path.join(tmp, "model_card.md"), "w", encoding="utf-8") as f:
-        f.write(model_card(task, embedding, card.get("data", "Not recorded."),
-                           card.get("metrics"), card.get("configuration", embedding[1])))
-    for source, name in extra_files:
-        shutil.copy(source, os.path.join(tmp, name))
-    cosine = check_model_folder(tmp, modules, sample)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    with atomic_paths(folder) as (tmp,):
+        os.makedirs(tmp)
+        for name in MODEL_CHECKPOINTS:
+            if name in modules:
+                torch.save(modules[name].state_dict(), os.path.join(tmp, f"{name}.ckpt"))
+        label_encoder.save(os.path.join(tmp, "label_encoder.ckpt"))
+        with open(os.path.join(tmp, "hyperparams.yaml"), "w", encoding="utf-8") as f:
+            f.write(model_hyperparams(
+                modules, embedding, task, age_decoding, verification_threshold))
+        with open(os.path.join(tmp, "model_card.md"), "w", encoding="utf-8") as f:
+            f.write(model_card(task, embedding, card.get("data", "Not recorded."),
+                               card.get("metrics"), card.get("configuration", embedding[1])))
+        for source, name in extra_files:
+            shutil.copy(source, os.path.join(tmp, name))
+        # Checked under the temporary name: a folder that fails is never published.
+        cosine = check_model_folder(tmp, modules, sample)
     return cosine
 
 
@@ -267,6 +269,51 @@ def experiment_card(hparams, label_encoder, metrics):
     return {"data": data, "metrics": metrics, "configuration": configuration}
 
 
+def write_experiment_model(hparams, modules, label_encoder, age_decoding, metrics, folder=None):
+    """Writes the model folder of a training experiment's modules (see ``write_model_folder``).
+
+    The check's sample is a test utterance (see ``check_sample``), the card
+    describes the experiment, the verification threshold is the test EER's
+    and the experiment's ``hyperparams.yaml`` is kept as
+    ``train_hyperparams.yaml``.
+
+    Arguments
+    ---------
+    hparams : dict
+        The experiment's hyperparameters.
+    modules : dict
+        The trained modules, as ``build_model`` made them.
+    label_encoder : CategoricalEncoder
+        The training classes.
+    age_decoding : dict or None
+        From ``build_model``.
+    metrics : dict
+        The test metrics (without the confusion matrix).
+    folder : str, optional
+        The model folder; default ``<output_folder>/model``.
+
+    Returns
+    -------
+    tuple
+        The folder and the cosine of its check.
+    """
+    folder = folder or os.path.join(hparams["output_folder"], "model")
+    cosine = write_model_folder(
+        folder,
+        modules,
+        embedding_spec(hparams),
+        label_encoder,
+        check_sample(hparams),
+        task=hparams["task"],
+        age_decoding=age_decoding,
+        verification_threshold=metrics.get("eer_threshold"),
+        card=experiment_card(hparams, label_encoder, metrics),
+        extra_files=[(os.path.join(hparams["output_folder"], "hyperparams.yaml"),
+                      "train_hyperparams.yaml")],
+    )
+    return folder, cosine
+
+
 def saved_test_metrics(hparams):
     """The experiment's ``test_metrics.json`` (without the confusion matrix), or {}."""
     path = os.path.join(hparams["output_folder"], "test_metrics.json")
@@ -280,7 +327,7 @@ def saved_test_metrics(hparams):
 
 def check_sample(hparams):
     """A waveform for the export check: the first readable test utterance, else noise."""
-    for row in read_manifest(hparams, "test")[:5]:
+    for row in list(read_manifest(hparams, "test").values())[:5]:
         try:
             return load_utterance(row["wav"], hparams["sample_rate"])
         except AudioError:
@@ -312,7 +359,7 @@ def export_experiment(experiment, out=None):
     Returns
     -------
     tuple
-        The folder and the cosine of its check.
+        As ``write_experiment_model``.
     """
     from hyperpyyaml import load_hyperpyyaml
     from speechbrain.utils.checkpoints import Checkpointer
@@ -330,33 +377,18 @@ def export_experiment(experiment, out=None):
     with open(path, encoding="utf-8") as f:
         hparams = load_hyperpyyaml(f, overrides)
     label_encoder = make_label_encoder(hparams)
-    counts, ages = train_statistics(read_manifest(hparams, "train"), hparams, label_encoder)
-    modules, _, age_decoding = build_model(hparams, label_encoder, counts, ages)
+    modules, _, age_decoding = build_model(hparams, label_encoder)
     if "classifier" not in modules:
         raise ValueError(f"{path}: a model without a classifier (group_loss null) has no "
                          "EncoderClassifier folder")
     trained = {name: modules[name] for name in MODEL_CHECKPOINTS if name in modules}
     checkpointer = Checkpointer(hparams["save_folder"], recoverables=trained)
-    key = hparams["selection_metric"]
-    best = {"max_key": key} if hparams["selection_direction"] == "max" else {"min_key": key}
-    checkpoint = checkpointer.find_checkpoint(**best)
+    checkpoint = checkpointer.find_checkpoint(**best_checkpoint_kwargs(hparams))
     if checkpoint is None:
         raise FileNotFoundError(f"{hparams['save_folder']}: no checkpoint to export")
     for name, module in trained.items():
         state = torch.load(checkpoint.paramfiles[name], map_location="cpu", weights_only=True)
         module.load_state_dict(state, strict=True)
-    metrics = saved_test_metrics(hparams)
-    folder = out or os.path.join(experiment, "model")
-    cosine = write_model_folder(
-        folder,
-        modules,
-        embedding_spec(hparams),
-        label_encoder,
-        check_sample(hparams),
-        task=hparams["task"],
-        age_decoding=age_decoding,
-        verification_threshold=metrics.get("eer_threshold"),
-        card=experiment_card(hparams, label_encoder, metrics),
-        extra_files=[(path, "train_hyperparams.yaml")],
+    return write_experiment_model(
+        hparams, modules, label_encoder, age_decoding, saved_test_metrics(hparams), out
     )
-    return folder, cosine

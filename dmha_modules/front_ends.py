@@ -12,7 +12,7 @@ markedly faster on CPU than the default one (``bench/speed.py``).
 import torch
 import torch.nn.functional as F
 
-from dmha_modules.lengths import relative_to_steps, steps_mask
+from dmha_modules.masks import mask_time, relative_to_steps
 
 
 class ConvFrontEnd(torch.nn.Module):
@@ -93,14 +93,6 @@ class ConvFrontEnd(torch.nn.Module):
     def encode(self, x, steps):
         """Encodes a channels-last batch ``(B, 1, T, F)``; ``steps`` are valid frames or None."""
         raise NotImplementedError
-
-
-def mask_time(x, steps):
-    """Zeroes the time steps ``>= steps[b]`` of ``x`` ``(B, C, T, F)``; no-op when ``steps`` is None."""
-    if steps is None:
-        return x
-    mask = steps_mask(steps, x.shape[2]).to(x.dtype)
-    return x * mask[:, None, :, None]
 
 
 class VGGBlock(torch.nn.Module):

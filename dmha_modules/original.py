@@ -8,7 +8,7 @@ variant) writes two kinds of files per model:
 - ``<name>_<step>.chkpt``: ``torch.save`` of ``{"model": state_dict,
   "optimizer": state_dict, "settings": Namespace, "epoch": int, "step": int}``.
 
-``load_seed`` reads both without running pickled code (an allow-list of
+``load_original`` reads both without running pickled code (an allow-list of
 ``argparse.Namespace`` only) and converts them for ``EmbeddingModel`` and
 ``Classifier``. The parameter names (``H`` heads of size ``d``, ``D = H d``):
 
@@ -38,7 +38,7 @@ import re
 
 import torch
 
-from dmha_modules.losses import Classifier
+from dmha_modules.heads import Classifier
 from dmha_modules.models import EmbeddingModel
 
 # The original sets ``parameters.feature_size = 80`` whatever the settings say.
@@ -83,7 +83,7 @@ UNUSED_SEED_NAMES = re.compile(r"^b[13]\.")
 CLASSIFIER_PREFIX = "classifier."
 
 
-class SeedFormatError(ValueError):
+class OriginalFormatError(ValueError):
     """A seed file that cannot be loaded safely or does not fit the model.
 
     Raised for globals outside the allow-list, weights that are missing,
@@ -92,9 +92,9 @@ class SeedFormatError(ValueError):
 
     Example
     -------
-    >>> raise SeedFormatError("model_config.pkl: refused global os.system")
+    >>> raise OriginalFormatError("model_config.pkl: refused global os.system")
     Traceback (most recent call last):
-    dmha_modules.seed.SeedFormatError: model_config.pkl: refused global os.system
+    dmha_modules.original.OriginalFormatError: model_config.pkl: refused global os.system
     """
 
 
@@ -120,7 +120,7 @@ class SettingsUnpickler(pickle.Unpickler):
     Namespace(front_end='VGG4L', kernel_size=1024)
     >>> try:
     ...     SettingsUnpickler(io.BytesIO(pickle.dumps(print)), "config.pkl").load()
-    ... except SeedFormatError as error:
+    ... except OriginalFormatError as error:
     ...     print(error)
     config.pkl: refused global builtins.print (only argparse.Namespace is allowed)
     """
@@ -130,17 +130,17 @@ class SettingsUnpickler(pickle.Unpickler):
         self.path = path
 
     def find_class(self, module, name):
-        """Returns ``argparse.Namespace``; raises ``SeedFormatError`` for any other global."""
+        """Returns ``argparse.Namespace``; raises ``OriginalFormatError`` for any other global."""
         if (module, name) == ("argparse", "Namespace"):
             return argparse.Namespace
-        raise SeedFormatError(
+        raise OriginalFormatError(
             f"{self.path}: refused global {module}.{name} "
             "(only argparse.Namespace is allowed)"
         )
 
 
 @dataclasses.dataclass
-class SeedModel:
+class OriginalModel:
     """A model of the original code, converted for this project's modules.
 
     Attributes
@@ -150,7 +150,7 @@ class SeedModel:
     embedding_state : dict
         Its state dict (loads with ``strict=True``).
     classifier_kwargs : dict
-        Arguments of ``losses.Classifier`` (cosine output, for AM-Softmax).
+        Arguments of ``heads.Classifier`` (cosine output, for AM-Softmax).
     classifier_state : dict
         Its state dict.
     settings : dict
@@ -162,7 +162,7 @@ class SeedModel:
     Example
     -------
     >>> kwargs = dict(front_end="VGG3L", channels=8, pooling="Attention", emb_dim=4)
-    >>> seed = SeedModel(kwargs, EmbeddingModel(**kwargs).state_dict(), {}, {}, {}, 3)
+    >>> seed = OriginalModel(kwargs, EmbeddingModel(**kwargs).state_dict(), {}, {}, {}, 3)
     >>> EmbeddingModel(**seed.embedding_kwargs).load_state_dict(seed.embedding_state)
     <All keys matched successfully>
     """
@@ -175,14 +175,14 @@ class SeedModel:
     n_classes: int
 
 
-def seed_name(name):
+def original_name(name):
     """The original's name of our parameter ``name`` (classifier ones prefixed ``classifier.``).
 
     Example
     -------
-    >>> seed_name("front_end.blocks.0.conv2.bias")
+    >>> original_name("front_end.blocks.0.conv2.bias")
     'front_end.conv12.bias'
-    >>> seed_name("classifier.weight")
+    >>> original_name("classifier.weight")
     'predictionLayer.W'
     """
     for pattern, replacement in SEED_NAMES:
@@ -198,11 +198,11 @@ def read_config(path):
         try:
             settings = SettingsUnpickler(file, path).load()
         except (pickle.UnpicklingError, EOFError) as error:
-            raise SeedFormatError(
+            raise OriginalFormatError(
                 f"{path}: not a pickled settings file ({error})"
             ) from error
     if not isinstance(settings, argparse.Namespace):
-        raise SeedFormatError(
+        raise OriginalFormatError(
             f"{path}: holds a {type(settings).__name__}, not argparse.Namespace settings"
         )
     return settings
@@ -217,17 +217,17 @@ def read_checkpoint(path):
         # torch reports the refused global as "... GLOBAL module.name ...".
         refused = re.search(r"GLOBAL ([\w.]+)", str(error))
         name = refused[1] if refused else "outside the allow-list"
-        raise SeedFormatError(
+        raise OriginalFormatError(
             f"{path}: refused global {name} (a seed checkpoint holds tensors, "
             "plain values and argparse.Namespace settings only)"
         ) from error
     if not isinstance(contents, dict) or not isinstance(contents.get("model"), dict):
-        raise SeedFormatError(
+        raise OriginalFormatError(
             f"{path}: not a checkpoint of the original code (no 'model' state dict)"
         )
     settings = contents.get("settings")
     if settings is not None and not isinstance(settings, argparse.Namespace):
-        raise SeedFormatError(
+        raise OriginalFormatError(
             f"{path}: 'settings' is a {type(settings).__name__}, not argparse.Namespace"
         )
     return contents["model"], settings
@@ -245,7 +245,7 @@ def merge_settings(config, checkpoint_settings, config_path, checkpoint_path):
         if key in settings and key in saved and settings[key] != saved[key]
     ]
     if conflicts:
-        raise SeedFormatError(
+        raise OriginalFormatError(
             f"{config_path}: settings disagree with {checkpoint_path}: "
             + ", ".join(conflicts)
         )
@@ -269,17 +269,17 @@ def embedding_kwargs_of(settings, path):
         required.append("mask_prob")
     missing = [key for key in required if key not in settings]
     if missing:
-        raise SeedFormatError(f"{path}: settings lack {', '.join(missing)}")
+        raise OriginalFormatError(f"{path}: settings lack {', '.join(missing)}")
     front_end = settings["front_end"]
     if front_end not in SUPPORTED_FRONT_ENDS:
         # The age variant's ResNet averaged over time and frequency; ours keeps
         # time, so its weights would not compute the same embeddings.
-        raise SeedFormatError(
+        raise OriginalFormatError(
             f"{path}: unsupported front_end {front_end!r} "
             f"(supported: {', '.join(SUPPORTED_FRONT_ENDS)})"
         )
     if pooling not in SUPPORTED_POOLINGS:
-        raise SeedFormatError(
+        raise OriginalFormatError(
             f"{path}: unsupported pooling_method {pooling!r} "
             f"(supported: {', '.join(SUPPORTED_POOLINGS)})"
         )
@@ -295,7 +295,7 @@ def embedding_kwargs_of(settings, path):
     if pooling == "DoubleMHA":
         mask_prob = settings["mask_prob"]
         if not 0 < mask_prob <= 1:
-            raise SeedFormatError(
+            raise OriginalFormatError(
                 f"{path}: unsupported mask_prob {mask_prob!r} (0 < mask_prob <= 1)"
             )
         # The original drops a head when randint(0, int(1 / p)) draws zero.
@@ -310,7 +310,7 @@ def expected_shapes(embedding_kwargs, classifier_kwargs, path):
             embedding = EmbeddingModel(**embedding_kwargs)
             classifier = Classifier(**classifier_kwargs)
     except ValueError as error:
-        raise SeedFormatError(f"{path}: unsupported settings ({error})") from error
+        raise OriginalFormatError(f"{path}: unsupported settings ({error})") from error
     shapes = {name: value.shape for name, value in embedding.state_dict().items()}
     for name, value in classifier.state_dict().items():
         shapes[CLASSIFIER_PREFIX + name] = value.shape
@@ -321,7 +321,7 @@ def convert_state(seed_state, shapes, path):
     """Our state (classifier names prefixed) from the original's, checking every name and shape."""
     converted, missing, wrong_shapes = {}, [], []
     for name, shape in shapes.items():
-        original = seed_name(name)
+        original = original_name(name)
         seed_shape = torch.Size(reversed(shape)) if name in TRANSPOSED else shape
         if original not in seed_state:
             missing.append(original)
@@ -332,7 +332,7 @@ def convert_state(seed_state, shapes, path):
             wrong_shapes.append(f"{original} {found} instead of {tuple(seed_shape)}")
             continue
         converted[name] = value.t().contiguous() if name in TRANSPOSED else value
-    used = {seed_name(name) for name in shapes}
+    used = {original_name(name) for name in shapes}
     unknown = [
         name
         for name in seed_state
@@ -348,13 +348,13 @@ def convert_state(seed_state, shapes, path):
         if names
     ]
     if problems:
-        raise SeedFormatError(
+        raise OriginalFormatError(
             f"{path}: weights do not fit the settings:" + "".join(problems)
         )
     return converted
 
 
-def load_seed(checkpoint, config):
+def load_original(checkpoint, config):
     """Loads a model of the original code for ``EmbeddingModel`` and ``Classifier``.
 
     Nothing in either file runs: the checkpoint is read by ``torch.load``
@@ -376,12 +376,12 @@ def load_seed(checkpoint, config):
 
     Returns
     -------
-    SeedModel
+    OriginalModel
         Module arguments, converted state dicts, settings and class count.
 
     Raises
     ------
-    SeedFormatError
+    OriginalFormatError
         For a refused global, weights missing, unknown or mis-shaped, or
         settings this project does not support; the message names the file.
 
@@ -392,11 +392,11 @@ def load_seed(checkpoint, config):
     >>> with open(config, "wb") as file:
     ...     pickle.dump(os.system, file)
     >>> try:
-    ...     load_seed("model.chkpt", config)
-    ... except SeedFormatError as error:
+    ...     load_original("model.chkpt", config)
+    ... except OriginalFormatError as error:
     ...     print(str(error).split(": ")[1])
     refused global posix.system (only argparse.Namespace is allowed)
-    >>> seed = load_seed("model.chkpt", "model_config.pkl")  # doctest: +SKIP
+    >>> seed = load_original("model.chkpt", "model_config.pkl")  # doctest: +SKIP
     >>> model = EmbeddingModel(**seed.embedding_kwargs)  # doctest: +SKIP
     >>> model.load_state_dict(seed.embedding_state)  # doctest: +SKIP
     <All keys matched successfully>
@@ -416,7 +416,7 @@ def load_seed(checkpoint, config):
     }
     shapes = expected_shapes(embedding_kwargs, classifier_kwargs, settings_file)
     state = convert_state(seed_state, shapes, checkpoint)
-    return SeedModel(
+    return OriginalModel(
         embedding_kwargs=embedding_kwargs,
         embedding_state={
             name: value
@@ -434,8 +434,8 @@ def load_seed(checkpoint, config):
     )
 
 
-def import_seed(checkpoint, config, out, sample_rate=16000):
-    """Writes a model folder (see ``dmha_modules.export``) of an original-code model.
+def import_original(checkpoint, config, out, sample_rate=16000):
+    """Writes a model folder (see ``dmha_modules.model_folder``) of an original-code model.
 
     The features are the original's (``LogMelFeatures`` at ``sample_rate``,
     per-utterance mean normalisation); classes are named ``"0"`` to ``"C-1"``
@@ -460,12 +460,12 @@ def import_seed(checkpoint, config, out, sample_rate=16000):
     """
     from speechbrain.dataio.encoder import CategoricalEncoder
 
-    from dmha_modules.export import noise_sample, write_model_folder
+    from dmha_modules.model_folder import noise_sample, write_model_folder
     from dmha_modules.features import LogMelFeatures, UtteranceNorm
-    from dmha_modules.losses import Classifier
+    from dmha_modules.heads import Classifier
     from dmha_modules.models import EmbeddingModel
 
-    seed = load_seed(checkpoint, config)
+    seed = load_original(checkpoint, config)
     embedding_model = EmbeddingModel(**seed.embedding_kwargs)
     embedding_model.load_state_dict(seed.embedding_state, strict=True)
     classifier = Classifier(**seed.classifier_kwargs)

@@ -1,0 +1,83 @@
+"""The ``dmha`` command line: one module per verb.
+
+- ``dmha prepare <source>``: a corpus -> SpeechBrain CSV manifests (:mod:`.prepare`);
+- ``dmha features -i files.lst``: log-mel features into ``.npy`` files (:mod:`.features`);
+- ``dmha embed``: audio files -> embeddings (:mod:`.embed`);
+- ``dmha age``: audio files -> age group, probabilities and years (:mod:`.age`);
+- ``dmha verify``: two files -> score and same-speaker decision (:mod:`.verify`);
+- ``dmha score``: a trial list -> scores, EER and minDCF (:mod:`.score`);
+- ``dmha export``: a training output folder -> a model folder, ONNX (:mod:`.export`);
+- ``dmha import-original`` (or ``import-seed``): an original-code model -> a model
+  folder (:mod:`.import_original`).
+
+Each verb module has ``register(commands)``, which declares the verb and its
+options with :mod:`.options` (the shared ones declared once there), and
+``run(args)``. The exit status of every verb is decided in :mod:`.errors`:
+0 on success, 1 when the input has problems (all listed on stderr; batch
+verbs process the good files) or a download fails, 2 for bad usage.
+
+Example
+-------
+>>> args = build_parser().parse_args(
+...     ["prepare", "kaldi", "--data_folder", "so762", "--save-folder", "out"]
+... )
+>>> sorted(function_arguments(args).items())
+[('data_folder', 'so762'), ('save_folder', 'out')]
+"""
+
+import argparse
+import logging
+
+from dmha_modules.allocator import keep_freed_memory
+from dmha_modules.cli import (
+    age,
+    embed,
+    export,
+    features,
+    import_original,
+    prepare,
+    score,
+    verify,
+)
+from dmha_modules.cli.errors import exit_status
+from dmha_modules.cli.options import function_arguments
+
+__all__ = ["build_parser", "function_arguments", "main"]
+
+VERBS = (prepare, features, embed, age, verify, score, export, import_original)
+
+
+def build_parser():
+    """Returns the ``dmha`` argument parser.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+    """
+    parser = argparse.ArgumentParser(
+        prog="dmha",
+        description="Double Multi-Head Attention speaker and age models: data and model tools.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    for verb in VERBS:
+        verb.register(commands)
+    return parser
+
+
+def main(argv=None):
+    """Runs the ``dmha`` command line.
+
+    Arguments
+    ---------
+    argv : list of str, optional
+        Arguments without the program name; by default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        Exit status.
+    """
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    keep_freed_memory()  # large models' activations reuse freed memory (see allocator)
+    return exit_status(args.run, args)

@@ -1,0 +1,65 @@
+"""``dmha embed``: audio files -> embeddings (``.npz``, ``.npy`` + ids, Kaldi ``.ark`` + ``.scp``).
+
+Audio of any sample rate and channel count is accepted (resampled, averaged
+to mono); bad files are reported and skipped. ``--onnx`` runs the model
+folder's ``embedding.onnx`` (``dmha export --onnx``) with ONNX Runtime.
+"""
+
+import os
+
+from dmha_modules.cli.errors import InputError, batch_status
+from dmha_modules.cli.inputs import (
+    check_out_folder,
+    embed_paths,
+    load_model,
+    read_audio_inputs,
+)
+from dmha_modules.cli.options import (
+    add_command,
+    audio_input_options,
+    model_options,
+    option,
+    out_option,
+)
+from dmha_modules.embedding_io import check_output, write_embeddings
+
+
+def register(commands):
+    """Adds ``embed`` to the ``dmha`` verbs."""
+    parser = add_command(
+        commands, "embed", run, help="embed audio files with a model folder",
+        description="Embed audio files. Ids are paths without extension (relative to "
+        "--folder), or the first column of a two-column --list.",
+    )
+    model_options(parser)
+    audio_input_options(parser)
+    out_option(parser, "embeddings file: .npz (one array per id), .npy (+ .txt of ids) or "
+               "Kaldi .ark (+ .scp)")
+    option(parser, "onnx", action="store_true",
+           help="run <model>/embedding.onnx with ONNX Runtime (see dmha export --onnx)")
+
+
+def _onnx_session(folder):
+    """The ONNX Runtime session of ``<folder>/embedding.onnx``."""
+    from dmha_modules.onnx_export import OnnxEmbedder  # ONNX Runtime: an optional extra
+
+    path = os.path.join(folder, "embedding.onnx")
+    if not os.path.exists(path):
+        raise InputError(f"{path}: not found; write it with dmha export --model {folder} --onnx")
+    return OnnxEmbedder(path)
+
+
+def run(args):
+    """Embeds the audio and writes the embeddings of the good files."""
+    check_out_folder(args.out)
+    ids, paths = read_audio_inputs(args)
+    try:
+        check_output(args.out, ids)  # before the work, not after it
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    with load_model(args.model, args.device) as model:
+        session = _onnx_session(args.model) if args.onnx else None
+        embeddings, failed = embed_paths(model, paths, args, session)
+    keep = [i for i in range(len(paths)) if i not in failed]
+    written = write_embeddings(args.out, [ids[i] for i in keep], embeddings[keep])
+    return batch_status(f"{len(keep)} embeddings written to {', '.join(written)}", len(failed))

@@ -1,0 +1,115 @@
+"""The exit status of every ``dmha`` verb, decided here and nowhere else.
+
+- 0: done.
+- 1: input problems: bad or missing files, a corpus that failed its checks,
+  a download that failed. Each problem is one ``dmha: ...`` line on stderr.
+  The batch verbs (``embed``, ``age``, ``score``) still process the good
+  files, report each bad one as ``dmha: skipped <file>: <problem>`` and
+  exit 1.
+- 2: bad usage: options argparse refuses (it exits itself) or values the
+  library function refuses.
+
+Example
+-------
+>>> def run(args):
+...     raise InputError("a.lst:2: expected 'path' or 'id path'", "b.lst: no such file")
+>>> import contextlib, io
+>>> stderr = io.StringIO()
+>>> with contextlib.redirect_stderr(stderr):
+...     status = exit_status(run, None)
+>>> status
+1
+>>> print(stderr.getvalue(), end="")
+dmha: a.lst:2: expected 'path' or 'id path'
+dmha: b.lst: no such file
+"""
+
+import sys
+
+from dmha_modules.inference import AudioError
+from dmha_modules.original import OriginalFormatError
+from dmha_modules.prepare import BadInputError, DownloadError
+
+
+class InputError(Exception):
+    """Problems with a verb's inputs that stop it; each message says what to fix.
+
+    Arguments
+    ---------
+    *problems : str
+        One line each, such as ``file:line: what is wrong``.
+
+    Example
+    -------
+    >>> raise InputError("trials.txt: no trials")
+    Traceback (most recent call last):
+    ...
+    dmha_modules.cli.errors.InputError: trials.txt: no trials
+    """
+
+    def __init__(self, *problems):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+# Input problems of every kind the verbs meet; any other ValueError is an option value.
+INPUT_PROBLEMS = (
+    InputError, BadInputError, DownloadError, AudioError, OriginalFormatError, OSError
+)
+
+
+def exit_status(run, args):
+    """Runs a verb and turns what went wrong into its exit status.
+
+    Arguments
+    ---------
+    run : callable
+        The verb's ``run(args)``; returns 0, or 1 when it skipped bad files.
+    args : argparse.Namespace
+        The parsed options.
+
+    Returns
+    -------
+    int
+    """
+    try:
+        return run(args)
+    except INPUT_PROBLEMS as error:
+        problems = error.problems if isinstance(error, InputError) else [str(error)]
+        for problem in problems:
+            print(f"dmha: {problem}", file=sys.stderr)
+        return 1
+    except ValueError as error:  # option values the function refuses
+        print(f"dmha: error: {error}", file=sys.stderr)
+        return 2
+
+
+def report_skipped(error):
+    """Reports a file a batch verb skipped: ``dmha: skipped <file>: <problem>``."""
+    print(f"dmha: skipped {error}", file=sys.stderr)
+
+
+def batch_status(summary, skipped, what="files failed"):
+    """Prints a batch verb's summary; returns 1 when it ``skipped`` some inputs, else 0.
+
+    Arguments
+    ---------
+    summary : str
+        What was written, e.g. ``3 embeddings written to emb.npz``.
+    skipped : int
+        How many inputs were left out for bad files.
+    what : str
+        What they are, after their count.
+
+    Returns
+    -------
+    int
+
+    Example
+    -------
+    >>> batch_status("2 ages written to ages.csv", 1)
+    2 ages written to ages.csv; 1 files failed
+    1
+    """
+    print(summary + (f"; {skipped} {what}" if skipped else ""))
+    return 1 if skipped else 0

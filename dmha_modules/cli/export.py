@@ -1,0 +1,65 @@
+"""``dmha export``: a training output folder -> a model folder; ``--onnx`` adds ``embedding.onnx``.
+
+The model folder is written from the best checkpoint of a
+``recipes/train.py`` output folder and checked to load strictly in
+SpeechBrain and to reproduce the trained embedding. ``embedding.onnx`` takes
+waveforms and lengths to embeddings, checked against PyTorch.
+"""
+
+import os
+
+from dmha_modules.cli.errors import InputError
+from dmha_modules.cli.inputs import load_model
+from dmha_modules.cli.options import add_command, option
+
+
+def register(commands):
+    """Adds ``export`` to the ``dmha`` verbs."""
+    parser = add_command(
+        commands, "export", run, help="write a model folder from a training output folder; ONNX",
+        description="Write <experiment>/model (or --out) from the best checkpoint of a "
+        "recipes/train.py output folder, checked to load strictly in SpeechBrain and to "
+        "reproduce the trained embedding; with --onnx also embedding.onnx. "
+        "Or, with --model, add embedding.onnx to an existing model folder.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    option(source, "experiment", help="recipes/train.py output folder")
+    option(source, "model", help="existing model folder (with --onnx)")
+    option(parser, "out", help="model folder to write; by default <experiment>/model")
+    option(parser, "onnx", action="store_true",
+           help="also write embedding.onnx: waveforms and lengths -> embeddings")
+
+
+def _export_experiment(experiment, out):
+    """The model folder of a training output folder; the folder's problems are input errors."""
+    from dmha_modules.model_folder import export_experiment  # builds the recipe's model
+
+    try:
+        folder, cosine = export_experiment(experiment, out)
+    except ValueError as error:  # such as a model without a classifier
+        raise InputError(str(error)) from None
+    print(f"{folder}: written; reloads strictly, cosine {cosine:.6f} to the trained model")
+    return folder
+
+
+def _export_onnx(folder):
+    from dmha_modules.onnx_export import export_onnx  # the ONNX packages: an optional extra
+
+    with load_model(folder, "cpu") as model:
+        path = os.path.join(folder, "embedding.onnx")
+        export_onnx(model.mods.compute_features, model.mods.mean_var_norm,
+                    model.mods.embedding_model, path)
+    print(f"{path}: written and checked against PyTorch")
+
+
+def run(args):
+    """Writes the model folder and, with ``--onnx``, its ONNX graph."""
+    if args.experiment:
+        folder = _export_experiment(args.experiment, args.out)
+    elif not args.onnx:
+        raise InputError("--model only adds ONNX to a model folder: pass --onnx")
+    else:
+        folder = args.model
+    if args.onnx:
+        _export_onnx(folder)
+    return 0

@@ -1,0 +1,30 @@
+"""``dmha features -i files.lst``: log-mel features of audio files into ``.npy`` files.
+
+Every option is an argument of :func:`dmha_modules.feature_files.extract_features`.
+"""
+
+from dmha_modules.cli.options import add_command, function_arguments, option
+from dmha_modules.feature_files import extract_features
+
+
+def register(commands):
+    """Adds ``features`` to the ``dmha`` verbs."""
+    parser = add_command(
+        commands, "features", run, function=extract_features,
+        help="compute log-mel features of a list of audio files into .npy files",
+    )
+    option(parser, "list_file", "-i", required=True,
+           help="list of audio paths, one per line, extension optional")
+    option(parser, "out_dir", help="folder for the features, mirroring the list's paths; "
+           "by default next to each audio file")
+    option(parser, "data_dir", help="folder relative paths are resolved against; by default "
+           "the current folder")
+    option(parser, "jobs", type=int, help="worker processes")
+    option(parser, "overwrite", action="store_true", help="recompute features that already exist")
+
+
+def run(args):
+    """Extracts the features; prints how many files were written."""
+    outputs = extract_features(**function_arguments(args))
+    print(f"{len(outputs)} feature files written")
+    return 0

@@ -1,0 +1,249 @@
+"""The original code's labels files and clients / impostors trial files.
+
+A labels file holds ``path label -1`` per line; trial files hold
+``pathA pathB`` per line (see :func:`prepare_labels_file`).
+"""
+
+import os
+
+from dmha_modules.prepare.listings import read_fields, relative_path, utterance_id
+from dmha_modules.prepare.pipeline import Corpus, prepare_corpus
+from dmha_modules.prepare.utterances import (
+    Utterance,
+    kept,
+    probe_utterances,
+    reject_duplicates,
+)
+
+
+def prepare_labels_file(
+    data_folder,
+    save_folder,
+    train_labels,
+    valid_labels=None,
+    trials_clients=None,
+    trials_impostors=None,
+    label_kind="speaker",
+    num_classes=None,
+    valid_data_folder=None,
+    skip_bad=False,
+    jobs=None,
+):
+    """Converts the original code's labels and trial files into manifests.
+
+    A labels file holds one ``path label -1`` per line: an audio path
+    relative to ``data_folder`` (extension optional: ``.wav`` then ``.flac``
+    are tried) and a class index. Its classes must be exactly ``0..N-1``.
+    The files are already the splits the original trained on, so they are
+    kept as they are: the train labels file gives ``train.csv``, the valid one
+    ``valid.csv``. Trial files hold ``pathA pathB`` per line, same-speaker
+    pairs in the clients file and different-speaker pairs in the impostors
+    file; they give ``trials.csv`` (``ID, label, enrol, test``, label 1 for
+    clients, enrol/test being IDs of ``valid.csv``). Without a valid labels
+    file, ``valid.csv`` holds the trial files' audio (speakers unknown).
+
+    Arguments
+    ---------
+    data_folder : str
+        Folder the labels-file paths are relative to (``$data_root``).
+    save_folder : str
+        Where the manifests, ``summary.json`` and the run record go.
+    train_labels : str
+        The train labels file.
+    valid_labels : str, optional
+        The validation labels file; its labels must lie in the train range.
+    trials_clients, trials_impostors : str, optional
+        Trial files of same-speaker and different-speaker pairs; both or neither.
+    label_kind : str
+        What the labels are: "speaker" (``spk_id``, the speaker-verification
+        code) or "age_group" (``age_group``, the age-classification variant,
+        whose files do not name speakers: ``spk_id`` stays empty).
+    num_classes : int, optional
+        N; by default the largest train label + 1.
+    valid_data_folder : str, optional
+        Folder the valid labels and trial paths are relative to, when not
+        ``data_folder`` (the original's ``--valid_data_dir``); its manifest
+        paths still start with ``$data_root``, relative to ``data_folder``.
+    skip_bad : bool
+        Drop bad rows (listed in ``rejects.csv``) instead of failing.
+    jobs : int, optional
+        Processes reading audio headers; default one per core.
+
+    Returns
+    -------
+    dict
+        "train", "valid" (when any) and "trials" (when given) -> CSV path.
+
+    Raises
+    ------
+    BadInputError
+        Listing every problem; nothing is written.
+
+    Example
+    -------
+    >>> import numpy, soundfile
+    >>> data = str(getfixture("tmp_path"))
+    >>> for name in ("a", "b"):
+    ...     soundfile.write(os.path.join(data, name + ".wav"), numpy.zeros(1600), 16000)
+    >>> with open(os.path.join(data, "train.lst"), "w") as labels:
+    ...     _ = labels.write("a 0 -1\\nb 1 -1\\n")
+    >>> labels = os.path.join(data, "train.lst")
+    >>> out = prepare_labels_file(data, os.path.join(data, "prep"), labels)
+    >>> print(open(out["train"]).read().strip())
+    ID,duration,wav,spk_id
+    a,0.1,$data_root/a.wav,0
+    b,0.1,$data_root/b.wav,1
+    """
+    if label_kind not in ("speaker", "age_group"):
+        raise ValueError(
+            f"label_kind must be 'speaker' or 'age_group', got {label_kind!r}"
+        )
+    if (trials_clients is None) != (trials_impostors is None):
+        raise ValueError(
+            "trials_clients and trials_impostors go together: give both or neither"
+        )
+    valid_data_folder = valid_data_folder or data_folder
+
+    def read(log):
+        train, labels_of = _read_labels(train_labels, data_folder, data_folder, log)
+        n_classes = num_classes
+        if n_classes is None:
+            n_classes = max(labels_of.values(), default=-1) + 1
+        valid = []
+        if valid_labels is not None:
+            valid, valid_labels_of = _read_labels(
+                valid_labels, valid_data_folder, data_folder, log
+            )
+            labels_of.update(valid_labels_of)
+        trials = []
+        if trials_clients is not None:
+            valid, trials = _read_trial_pairs(
+                [(trials_clients, 1), (trials_impostors, 0)],
+                valid_data_folder,
+                data_folder,
+                valid if valid_labels is not None else None,
+                log,
+            )
+        _set_labels(train + valid, labels_of, n_classes, label_kind, log)
+        reject_duplicates(train + valid, log)
+        probe_utterances(train + valid, data_folder, log, jobs)
+        if not kept(train):
+            log.stop(train_labels, None, "no usable utterance")
+        _check_label_gaps(kept(train), labels_of, n_classes, train_labels, log)
+        kept_ids = {row.id for row in kept(valid)}
+        # Under skip_bad, a trial whose audio was dropped goes with it.
+        trials = [trial for trial in trials if {trial[1], trial[2]} <= kept_ids]
+        return Corpus(
+            splits={"train": train, "valid": valid},
+            trials=trials,
+            group_order=[str(label) for label in range(n_classes)],
+        )
+
+    listings = [train_labels, valid_labels, trials_clients, trials_impostors]
+    return prepare_corpus(
+        "labels",
+        data_folder,
+        save_folder,
+        {
+            "valid_data_folder": os.path.abspath(valid_data_folder),
+            "label_kind": label_kind,
+            "num_classes": num_classes,
+        },
+        {path: "labels or trials file" for path in listings if path is not None},
+        read,
+        skip_bad,
+        # The valid labels name the train speakers: validation is closed-set.
+        speaker_disjoint=False,
+    )
+
+
+def _read_labels(path, folder, data_folder, log):
+    """Reads a labels file into rows and {row: label}."""
+    rows, labels_of = [], {}
+    for line_number, fields in read_fields(path, log, "path label -1", 3):
+        rel = relative_path(fields[0], folder, data_folder)
+        row = Utterance(utterance_id(rel), rel, (path, line_number))
+        rows.append(row)
+        try:
+            labels_of[row] = int(fields[1])
+        except ValueError:
+            log.reject_row(
+                row, path, line_number, f"label {fields[1]!r} is not an integer"
+            )
+    return rows, labels_of
+
+
+def _set_labels(rows, labels_of, num_classes, label_kind, log):
+    """Puts each row's label in its ``spk_id`` or ``age_group``, if in range."""
+    for row in rows:
+        label = labels_of.get(row)
+        if label is None:
+            continue
+        if not 0 <= label < num_classes:
+            log.reject_row(
+                row, *row.origin, f"label {label} is outside 0..{num_classes - 1}"
+            )
+        elif label_kind == "speaker":
+            row.spk_id = str(label)
+        else:
+            row.age_group = str(label)
+
+
+def _read_trial_pairs(files, folder, data_folder, known, log):
+    """Reads trial files of ``pathA pathB`` pairs.
+
+    Returns the utterances the trials use (``known`` when given, after
+    rejecting trial paths not in it; else one row per distinct path) and
+    the trials as (label, enrol ID, test ID).
+    """
+    by_id = {row.id: row for row in known} if known is not None else {}
+    rows = list(known) if known is not None else []
+    trials = []
+    for path, label in files:
+        for line_number, fields in read_fields(path, log, "pathA pathB", 2):
+            ids = []
+            for field in fields:
+                rel = relative_path(field, folder, data_folder)
+                row_id = utterance_id(rel)
+                if row_id not in by_id:
+                    if known is not None:
+                        log.reject(
+                            path,
+                            line_number,
+                            f"unknown utterance: {field!r} is not in the "
+                            "valid labels file",
+                        )
+                        break
+                    by_id[row_id] = Utterance(row_id, rel, (path, line_number))
+                    rows.append(by_id[row_id])
+                ids.append(row_id)
+            else:
+                trials.append((label, *ids))
+    return rows, trials
+
+
+def _check_label_gaps(rows, labels_of, n_classes, path, log):
+    """Stops the run when labels in ``0..n_classes-1`` are never used."""
+    first_line = {}
+    for row in rows:  # in file order
+        if row in labels_of:
+            first_line.setdefault(labels_of[row], row.origin[1])
+    missing = [label for label in range(n_classes) if label not in first_line]
+    runs = []
+    for label in missing:
+        if runs and runs[-1][1] == label - 1:
+            runs[-1][1] = label
+        else:
+            runs.append([label, label])
+    for low, high in runs:
+        unused = f"label {low}" if low == high else f"labels {low}..{high}"
+        problem = (
+            f"{unused} never used by a usable row "
+            f"(labels must cover 0..{n_classes - 1})"
+        )
+        if high + 1 < n_classes:
+            log.stop(
+                path, first_line[high + 1], f"label {high + 1} follows a gap: {problem}"
+            )
+        else:
+            log.stop(path, None, problem)

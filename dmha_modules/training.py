@@ -1,0 +1,172 @@
+"""Training with SpeechBrain's ``Brain``: length-bucketed batches and the DDP around them.
+
+``recipes/train.py`` trains on batches of similar length
+(:func:`bucketed_loader_kwargs`). Under DDP (``torchrun``) each process gets
+its own share of those batches (:class:`RankBatches`, set up by
+:class:`DDPBrain`), and on CPU the gloo backend is chosen
+(:func:`default_ddp_backend`) and used without the SyncBatchNorm conversion
+that gloo lacks.
+"""
+
+import dataclasses
+
+import numpy as np
+import speechbrain as sb
+import torch
+
+
+class RankBatches(torch.utils.data.distributed.DistributedSampler):
+    """This rank's share of the batches of a batch sampler.
+
+    The shares are disjoint across ranks and reshuffled each epoch; the
+    remainder that does not divide evenly is dropped (SpeechBrain's
+    ``DistributedSamplerWrapper`` repeats batches instead, and yields single
+    ids when a rank gets one batch).
+
+    Arguments
+    ---------
+    batch_sampler : torch.utils.data.Sampler
+        Yields batches (lists of indices) and has ``set_epoch``, as
+        SpeechBrain's ``DynamicBatchSampler``.
+    rank : int
+        This process's rank.
+    num_replicas : int, optional
+        The number of ranks; default the process group's size.
+
+    Example
+    -------
+    >>> from speechbrain.dataio.dataset import DynamicItemDataset
+    >>> dataset = DynamicItemDataset({f"utt{i}": {"duration": 1.0} for i in range(8)})
+    >>> hparams = {"crop_seconds": 3.0, "num_buckets": 1, "max_batch_seconds": 2.0,
+    ...            "seed": 0, "num_workers": 0}
+    >>> def share(rank):  # each rank (process) has its own batch sampler
+    ...     batches = bucketed_loader_kwargs(hparams, dataset, train=True)["batch_sampler"]
+    ...     return list(RankBatches(batches, rank, num_replicas=2))
+    >>> shares = [share(rank) for rank in (0, 1)]
+    >>> [len(share) for share in shares]
+    [2, 2]
+    >>> ids = [{i for batch in share for i in batch} for share in shares]
+    >>> ids[0].isdisjoint(ids[1]), sorted(ids[0] | ids[1])
+    (True, [0, 1, 2, 3, 4, 5, 6, 7])
+    """
+
+    def __init__(self, batch_sampler, rank, num_replicas=None):
+        super().__init__(
+            batch_sampler, num_replicas=num_replicas, rank=rank, shuffle=True, drop_last=True
+        )
+        self.batch_sampler = batch_sampler
+
+    def __iter__(self):
+        batches = list(self.batch_sampler)
+        return (batches[i] for i in super().__iter__())
+
+    def set_epoch(self, epoch):
+        """Sets the epoch of the split and of the batch sampler."""
+        super().set_epoch(epoch)
+        self.batch_sampler.set_epoch(epoch)
+
+
+class DDPBrain(sb.Brain):
+    """SpeechBrain's ``Brain``, with DDP suited to length-bucketed batches and to CPUs.
+
+    Two differences, both under DDP only: a training ``batch_sampler`` is
+    split among the ranks by :class:`RankBatches` (SpeechBrain pads the batch
+    list by repeating batches so that it divides among the ranks; here the
+    remainder is dropped, and the epoch's shuffle picks other batches to drop
+    next time), and with the gloo backend the modules are wrapped without
+    SpeechBrain's SyncBatchNorm conversion, which gloo lacks.
+
+    Arguments are those of ``speechbrain.Brain``.
+
+    Example
+    -------
+    >>> brain = DDPBrain(modules={"model": torch.nn.Linear(2, 2)}, run_opts={"device": "cpu"})
+    >>> brain.distributed_launch, brain.device
+    (False, 'cpu')
+    """
+
+    def _train_loader_specifics(self, dataset, loader_kwargs):
+        """SpeechBrain's, except that DDP ranks share a batch sampler by ``RankBatches``."""
+        batch_sampler = loader_kwargs.get("batch_sampler")
+        if not self.distributed_launch or batch_sampler is None:
+            return super()._train_loader_specifics(dataset, loader_kwargs)
+        self.train_sampler = RankBatches(batch_sampler, rank=self.rank)
+        loader_kwargs["batch_sampler"] = self.train_sampler
+        return loader_kwargs
+
+    def _wrap_distributed(self):
+        """SpeechBrain's, except that gloo DDP goes without SyncBatchNorm."""
+        if self.distributed_launch and self.distributed_backend == "gloo":
+            for name, module in self.modules.items():
+                if any(p.requires_grad for p in module.parameters()):
+                    self.modules[name] = torch.nn.parallel.DistributedDataParallel(
+                        module, find_unused_parameters=self.find_unused_parameters
+                    )
+            return
+        super()._wrap_distributed()
+
+
+def default_ddp_backend(run_opts):
+    """``run_opts`` with the gloo backend when there is no GPU and none was given.
+
+    SpeechBrain's default, nccl, needs GPUs. ``Brain`` only reads the options
+    marked as given, so gloo is marked so.
+
+    Arguments
+    ---------
+    run_opts : speechbrain.core.RunOptions
+        From ``speechbrain.parse_arguments``.
+
+    Returns
+    -------
+    speechbrain.core.RunOptions
+    """
+    if torch.cuda.is_available() or "distributed_backend" in run_opts.overridden_args:
+        return run_opts
+    return dataclasses.replace(
+        run_opts,
+        distributed_backend="gloo",
+        overridden_args=run_opts.overridden_args | {"distributed_backend"},
+    )
+
+
+def bucketed_loader_kwargs(hparams, dataset, train):
+    """Length-bucketed batches (SpeechBrain's ``DynamicBatchSampler``) so padding stays small.
+
+    Bucket edges are quantiles of the actual lengths (training crops count as
+    ``crop_seconds``), so every bucket holds data and batches fill up to
+    ``max_batch_seconds``. Training batches come in random order, reshuffled
+    each epoch; the others longest first.
+
+    Arguments
+    ---------
+    hparams : dict
+        ``crop_seconds``, ``num_buckets``, ``max_batch_seconds``, ``seed``
+        and ``num_workers``.
+    dataset : speechbrain.dataio.dataset.DynamicItemDataset
+        Its rows have a ``duration`` in seconds.
+    train : bool
+        Whether these are training batches.
+
+    Returns
+    -------
+    dict
+        ``batch_sampler`` and ``num_workers``, loader kwargs for ``Brain.fit``
+        and ``Brain.evaluate``.
+    """
+    crop = hparams["crop_seconds"]
+    lengths = [float(row["duration"]) for row in dataset.data.values()]
+    if train:
+        lengths = [min(length, crop) for length in lengths]
+    quantiles = np.linspace(0, 1, hparams["num_buckets"] + 1)[1:]
+    boundaries = sorted(set(np.quantile(lengths, quantiles).round(3).tolist()))
+    sampler = sb.dataio.sampler.DynamicBatchSampler(
+        dataset,
+        max_batch_length=hparams["max_batch_seconds"],
+        bucket_boundaries=boundaries,
+        lengths_list=lengths,
+        shuffle=train,
+        batch_ordering="random" if train else "descending",
+        seed=hparams["seed"],
+    )
+    return {"batch_sampler": sampler, "num_workers": hparams["num_workers"]}

@@ -1,0 +1,56 @@
+"""What the command tests share: the tiny models' settings, audio, and running ``dmha``.
+
+The references share no code path with what they check: audio is read by
+soundfile and resampled by torchaudio here; embeddings come from
+SpeechBrain's own ``EncoderClassifier``, one file at a time (exact for a
+batch of one). The model folders (``conftest.py``) are tiny random models,
+written once per session.
+"""
+
+import numpy as np
+import soundfile
+import torch
+import torch.nn.functional as F
+import torchaudio
+
+from dmha_modules import cli
+
+KWARGS = dict(channels=16, heads=4, emb_dim=32)
+EMB = KWARGS["emb_dim"]
+AGE_GROUPS = ["child", "teens", "twenties", "thirties+"]
+GROUP_CENTRES = [9.5, 16.0, 24.5, 37.0]
+SPEAKER_THRESHOLD = 0.5
+AM_SCALE = 30.0
+# Good files of the session's audio folder: (rate, seconds, f0, channels, format/subtype).
+AUDIO = {
+    "spk1/a.wav": (16000, 2.0, 120, 1, "PCM_16"),
+    "spk1/b.flac": (16000, 1.3, 125, 1, "PCM_16"),
+    "spk2/c.wav": (8000, 1.7, 210, 1, "PCM_16"),
+    "spk2/d.wav": (44100, 0.9, 220, 2, "PCM_16"),
+    "spk3/e.wav": (48000, 3.1, 160, 1, "FLOAT"),
+    "spk3/f.wav": (16000, 0.6, 170, 1, "FLOAT"),
+}
+
+
+def reference_wav(path, rate=16000):
+    """The file as a model takes it, computed here: channel mean, torchaudio resampling."""
+    audio, file_rate = soundfile.read(path, dtype="float32", always_2d=True)
+    wav = torch.from_numpy(audio.mean(axis=1))
+    if file_rate != rate:
+        wav = torchaudio.functional.resample(wav, file_rate, rate)
+    return wav
+
+
+def run_cli(capsys, *args):
+    """``dmha args`` in this process: (exit status, stdout, stderr)."""
+    status = cli.main([str(arg) for arg in args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def cosine(a, b):
+    return float(F.cosine_similarity(torch.as_tensor(a), torch.as_tensor(b), dim=0))
+
+
+def assert_embeddings_equal(ours, theirs):
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)

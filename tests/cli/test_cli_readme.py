@@ -1,0 +1,82 @@
+"""The command line as the README shows it: every command parses, options pass through as given."""
+
+import shlex
+from pathlib import Path
+
+from dmha_modules import cli
+from dmha_modules.cli.options import function_arguments
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_cli_passes_only_given_options():
+    args = cli.build_parser().parse_args(
+        [
+            "prepare",
+            "kaldi",
+            "--data_folder",
+            "d",
+            "--save_folder",
+            "s",
+            "--age-bins",
+            "10,20",
+            "--age_groups",
+            "a,b,c",
+            "--no-download",
+            "--skip_bad",
+        ]
+    )
+    assert function_arguments(args) == {
+        "data_folder": "d",
+        "save_folder": "s",
+        "age_bins": (10.0, 20.0),
+        "age_groups": ("a", "b", "c"),
+        "download_url": None,
+        "skip_bad": True,
+    }
+
+
+def readme_commands():
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Preparing data", 1)[1].split("\n## ", 1)[0]
+    commands = []
+    for block in section.split("```")[1::2]:
+        command = block.replace("\\\n", " ").strip()
+        command = (
+            command.split("\n", 1)[1] if command.startswith(("bash", "sh")) else command
+        )
+        commands += [line for line in command.splitlines() if line.startswith("dmha ")]
+    return commands
+
+
+def test_readme_shows_one_valid_command_per_source():
+    commands = readme_commands()
+    sources = [shlex.split(c)[2] for c in commands if shlex.split(c)[1] == "prepare"]
+    assert sorted(sources) == ["commonvoice", "kaldi", "labels", "voxceleb"]
+    assert any(shlex.split(c)[1] == "features" for c in commands)
+    parser = cli.build_parser()
+    for command in commands:
+        parser.parse_args(shlex.split(command)[1:])
+
+
+def readme_shell_commands():
+    """Every ``dmha`` line of the README's shell blocks, comments and ``[ ]`` marks left out."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    commands = []
+    for block in text.split("```")[1::2]:
+        if not block.startswith(("bash", "sh")):
+            continue
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split(" #", 1)[0].replace("[", "").replace("]", "")
+            if line.startswith("dmha "):
+                commands.append(line)
+    return commands
+
+
+def test_every_readme_command_parses():
+    commands = readme_shell_commands()
+    verbs = {shlex.split(c)[1] for c in commands}
+    assert {"prepare", "features", "embed", "age", "verify", "score", "export"} <= verbs
+    parser = cli.build_parser()
+    for command in commands:
+        parser.parse_args(shlex.split(command)[1:])
