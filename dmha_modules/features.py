@@ -15,13 +15,26 @@ import torchaudio
 
 from dmha_modules.masks import frame_mask
 
+FRAMINGS = ("window", "original")
+
 
 class LogMelFeatures(torch.nn.Module):
     """Log-mel filterbank features, as the original code computed them.
 
-    Frames are taken without centring: a waveform of ``n`` samples gives
-    ``1 + (n - win_length) // hop_length`` frames. Frames past the end of an
-    utterance (padding, as given by ``lengths``) are set to zero.
+    Two framings (neither centres the first frame on sample 0):
+
+    - ``"window"`` (the default): frame ``t`` is the ``win_length`` samples
+      from ``t * hop_length``; ``1 + (n - win_length) // hop_length`` frames.
+    - ``"original"``: exactly ``librosa.stft(center=False)`` as the original
+      code called it: frame ``t`` reads the ``n_fft`` samples from
+      ``t * hop_length`` with the window zero-padded to ``n_fft`` and centred
+      in them, so the window starts ``(n_fft - win_length) // 2`` samples in
+      (56 at 16 kHz, 156 at 8 kHz); ``1 + (n - n_fft) // hop_length`` frames.
+      Models trained by the original code expect this one.
+
+    The two coincide when the window fills the FFT (above 20.48 kHz, where the
+    original could not run). Frames past the end of an utterance (padding,
+    as given by ``lengths``) are set to zero.
 
     Arguments
     ---------
@@ -42,6 +55,8 @@ class LogMelFeatures(torch.nn.Module):
         Frames computed at a time, so that an hour of audio needs memory for
         its features but not for its spectra; None computes all at once
         (for ONNX export). Frames are independent, so the result is the same.
+    framing : str
+        ``"window"`` or ``"original"`` (see above).
 
     Example
     -------
@@ -51,6 +66,8 @@ class LogMelFeatures(torch.nn.Module):
     torch.Size([2, 98, 80])
     >>> compute_features.frame_lengths(torch.tensor([1.0, 0.5]), 16000)
     tensor([1.0000, 0.4898])
+    >>> LogMelFeatures(sample_rate=16000, framing="original")(wavs).shape
+    torch.Size([2, 97, 80])
     """
 
     def __init__(
@@ -62,13 +79,23 @@ class LogMelFeatures(torch.nn.Module):
         hop_length_ms=10.0,
         preemphasis=0.97,
         chunk_frames=6000,
+        framing="window",
     ):
         super().__init__()
+        if framing not in FRAMINGS:
+            raise ValueError(f"Unknown framing {framing!r}; expected one of {FRAMINGS}")
         self.sample_rate = sample_rate
         self.chunk_frames = chunk_frames
+        self.framing = framing
         self.win_length = int(sample_rate * win_length_ms / 1000)
         self.hop_length = int(sample_rate * hop_length_ms / 1000)
         self.n_fft = max(n_fft, self.win_length)
+        # Samples a frame spans, and where its window starts in them.
+        if framing == "original":
+            self.frame_length = self.n_fft
+            self.window_offset = (self.n_fft - self.win_length) // 2
+        else:
+            self.frame_length, self.window_offset = self.win_length, 0
         self.preemphasis = preemphasis
         self.register_buffer(
             "window",
@@ -88,7 +115,7 @@ class LogMelFeatures(torch.nn.Module):
 
     def num_frames(self, num_samples):
         """Number of frames for waveforms of ``num_samples`` samples (int or tensor)."""
-        frames = 1 + (num_samples - self.win_length) // self.hop_length
+        frames = 1 + (num_samples - self.frame_length) // self.hop_length
         if isinstance(frames, torch.Tensor):
             return frames.clamp(min=0)
         return max(frames, 0)
@@ -128,22 +155,24 @@ class LogMelFeatures(torch.nn.Module):
         torch.Tensor
             Features ``(B, frames, n_mels)``.
         """
-        if wavs.shape[-1] < self.win_length:
+        if wavs.shape[-1] < self.frame_length:
             raise ValueError(
                 f"Waveforms of {wavs.shape[-1]} samples are shorter than one "
-                f"{self.win_length}-sample window."
+                f"{self.frame_length}-sample frame."
             )
         if self.chunk_frames is None:
             feats = self.log_mel(wavs)
         else:
+            windowed, previous = self.windowed_samples(wavs)
             total = self.num_frames(wavs.shape[1])
             pieces = []
             for first in range(0, total, self.chunk_frames):
                 start = first * self.hop_length
                 count = min(self.chunk_frames, total - first)
                 end = start + (count - 1) * self.hop_length + self.win_length
-                previous = wavs[:, start - 1 : start] if start else None
-                pieces.append(self.log_mel(wavs[:, start:end], previous))
+                if start:
+                    previous = windowed[:, start - 1 : start]
+                pieces.append(self.window_log_mel(windowed[:, start:end], previous))
             feats = torch.cat(pieces, dim=1)
         if lengths is not None:
             feats = feats * frame_mask(
@@ -151,8 +180,28 @@ class LogMelFeatures(torch.nn.Module):
             ).unsqueeze(-1)
         return feats
 
-    def log_mel(self, wavs, previous=None):
-        """Features of every frame of waveforms ``(B, samples)``, unmasked.
+    def windowed_samples(self, wavs):
+        """The samples the windows cover, and the sample before them (or None).
+
+        With the original framing, the ``window_offset`` samples before the
+        first window and those after the last one (read by its frame, but
+        under the window's zero padding) fall out; windows of ``win_length``
+        every ``hop_length`` over what is left give exactly the frames (the
+        padding only shifts the phase of a frame's spectrum, not its magnitude).
+        """
+        start = self.window_offset
+        tail = self.frame_length - self.win_length - start
+        if not start and not tail:
+            return wavs, None
+        previous = wavs[:, start - 1 : start] if start else None
+        return wavs[:, start : wavs.shape[1] - tail], previous
+
+    def log_mel(self, wavs):
+        """Features of every frame of waveforms ``(B, samples)`` in one pass, unmasked."""
+        return self.window_log_mel(*self.windowed_samples(wavs))
+
+    def window_log_mel(self, wavs, previous=None):
+        """Features of the ``win_length`` windows every ``hop_length`` of ``wavs``.
 
         ``previous`` ``(B, 1)`` is the sample before ``wavs`` for pre-emphasis;
         None at the start of a waveform, whose first sample is then scaled by

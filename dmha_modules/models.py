@@ -3,9 +3,24 @@
 import torch
 
 from dmha_modules.front_ends import VGG3L, VGG4L, ResNet
+from dmha_modules.masks import frame_mask
 from dmha_modules.pooling import AttentionPooling, DoubleMHAPooling, MHAPooling
 
 FRONT_ENDS = {"VGG3L": VGG3L, "VGG4L": VGG4L, "ResNet": ResNet}
+
+
+def time_average(x, lengths=None):
+    """Mean of ``x`` ``(B, T, D)`` over the steps within relative ``lengths``: ``(B, 1, D)``.
+
+    Example
+    -------
+    >>> time_average(torch.tensor([[[1.0], [3.0], [0.0]]]), torch.tensor([2 / 3]))
+    tensor([[[2.]]])
+    """
+    if lengths is None:
+        return x.mean(dim=1, keepdim=True)
+    mask = frame_mask(lengths, x.shape[1]).unsqueeze(-1).to(x.dtype)
+    return (x * mask).sum(dim=1, keepdim=True) / mask.sum(dim=1, keepdim=True).clamp(min=1)
 
 
 class EmbeddingModel(torch.nn.Module):
@@ -18,6 +33,12 @@ class EmbeddingModel(torch.nn.Module):
     Every size is a constructor argument, so a YAML file can build each row of
     the paper's table (e.g. ``front_end="VGG4L", channels=1024,
     pooling="DoubleMHA", heads=16``).
+
+    With ``collapse_time`` the front-end's output is averaged over the valid
+    time steps before pooling, leaving one step per utterance: the age
+    variant's ``resnet`` did this (``AdaptiveAvgPool2d((1, 1))`` over time and
+    frequency), so ``front_end="ResNet", collapse_time=True`` computes its
+    embeddings. Attention over a single step then passes it through.
 
     Arguments
     ---------
@@ -37,12 +58,18 @@ class EmbeddingModel(torch.nn.Module):
         Embedding size.
     dropout : float
         Dropout after e1 and e2 in training.
+    collapse_time : bool
+        Average the front-end's output over time (one step per utterance).
 
     Example
     -------
     >>> model = EmbeddingModel(front_end="VGG3L", channels=16, heads=4, emb_dim=32)
     >>> model.eval()(torch.rand(3, 50, 80), torch.tensor([1.0, 0.8, 0.5])).shape
     torch.Size([3, 1, 32])
+    >>> model = EmbeddingModel(front_end="ResNet", channels=16, heads=4, collapse_time=True)
+    >>> _, (time_weights, _) = model.eval()(torch.rand(3, 50, 80), return_weights=True)
+    >>> time_weights.shape  # one step per utterance
+    torch.Size([3, 1, 4])
     """
 
     def __init__(
@@ -55,6 +82,7 @@ class EmbeddingModel(torch.nn.Module):
         mask_prob=0.3,
         emb_dim=400,
         dropout=0.0,
+        collapse_time=False,
     ):
         super().__init__()
         if front_end not in FRONT_ENDS:
@@ -77,6 +105,7 @@ class EmbeddingModel(torch.nn.Module):
         self.fc2 = torch.nn.Linear(emb_dim, emb_dim)
         self.norm = torch.nn.BatchNorm1d(emb_dim)
         self.dropout = torch.nn.Dropout(dropout)
+        self.collapse_time = collapse_time
 
     def forward(self, feats, lengths=None, return_weights=False):
         """Embeds features.
@@ -98,6 +127,8 @@ class EmbeddingModel(torch.nn.Module):
         encoded = self.front_end(feats, lengths)
         if lengths is not None:
             lengths = self.front_end.output_lengths(lengths, feats.shape[1])
+        if self.collapse_time:
+            encoded, lengths = time_average(encoded, lengths), None
         pooled = self.pooling(encoded, lengths, return_weights=return_weights)
         if return_weights:
             pooled, weights = pooled

@@ -190,12 +190,12 @@ def _example_batch(num_samples, relative_lengths, seed):
 
 
 def _samples_for_frames(compute_features, frames):
-    """Waveform samples giving ``frames`` frames (1 without window and hop sizes)."""
-    win_length = getattr(compute_features, "win_length", None)
+    """Waveform samples giving ``frames`` frames (1 without frame and hop sizes)."""
+    frame_length = getattr(compute_features, "frame_length", None)
     hop_length = getattr(compute_features, "hop_length", None)
-    if win_length is None or hop_length is None:
+    if frame_length is None or hop_length is None:
         return 1
-    return int(win_length + (frames - 1) * hop_length)
+    return int(frame_length + (frames - 1) * hop_length)
 
 
 def _check_dynamic_inputs(path):
@@ -263,7 +263,7 @@ def export_onnx(compute_features, mean_var_norm, embedding_model, path, example_
     torch.Size([3, 8])
     """
     sample_rate = int(compute_features.sample_rate)
-    min_samples = int(getattr(compute_features, "win_length", 1))
+    min_samples = int(getattr(compute_features, "frame_length", 1))
     trace_min_samples = max(
         min_samples, _samples_for_frames(compute_features, TRACE_MIN_FRAMES)
     )

@@ -1,4 +1,9 @@
-"""Log-mel features against an independent librosa implementation of SPEC's recipe."""
+"""Log-mel features against independent librosa implementations of SPEC's recipe.
+
+Both framings: ``"window"`` (windows from sample 0, the project's default)
+against ``librosa_log_mel``, and ``"original"`` against ``original_mfsc``,
+librosa called exactly as the original's ``featureExtractor.mfsc``.
+"""
 
 import librosa
 import numpy as np
@@ -37,6 +42,30 @@ def librosa_log_mel(y, sr, n_mels=80):
         S=magnitude, sr=sr, n_mels=n_mels, fmin=0, fmax=sr / 2, norm=None
     )
     return np.log(np.maximum(1, mel)).T
+
+
+def original_mfsc(y, sfr):
+    """The original's ``featureExtractor.mfsc``, as it calls librosa: ``(80, frames)``.
+
+    ``y`` is what ``soundfile.read`` gives (float64); it is copied, not
+    scaled in place as there.
+    """
+    win_length, hop_length = int(sfr * 0.025), int(sfr * 0.010)
+    y = y * 32768
+    y[1:] = y[1:] - 0.97 * y[:-1]
+    y[0] *= 1 - 0.97
+    stft = librosa.stft(
+        y,
+        n_fft=512,
+        hop_length=hop_length,
+        win_length=win_length,
+        window="hamming",
+        center=False,
+    )
+    mel = librosa.feature.melspectrogram(
+        S=np.abs(stft), sr=sfr, n_mels=80, fmin=0, fmax=sfr / 2, norm=None
+    )
+    return np.log(np.maximum(1, mel))
 
 
 def real_speech(shared_data):
@@ -94,35 +123,61 @@ def test_matches_librosa_at_other_rates(sample_rate):
     assert np.abs(ours - librosa_log_mel(y, sample_rate)).max() <= 1e-3
 
 
-def test_padding_in_a_batch_changes_nothing():
+def test_original_framing_matches_the_original_on_real_speech(shared_data):
+    rates = set()
+    for path in real_speech(shared_data):
+        y, sr = sf.read(path)
+        rates.add(sr)
+        reference = original_mfsc(y, sr).T
+        ours = LogMelFeatures(sample_rate=sr, framing="original")(
+            torch.from_numpy(y).float()[None]
+        )[0].double().numpy()
+        assert ours.shape == reference.shape == (1 + (len(y) - 512) // int(0.01 * sr), 80)
+        assert np.abs(ours - reference).max() <= 1e-3, path
+    assert rates == {16000, 8000}
+
+
+@pytest.mark.parametrize("framing", ["window", "original"])
+def test_padding_in_a_batch_changes_nothing(framing):
     torch.manual_seed(0)
     short, long = torch.randn(12345) * 0.1, torch.randn(3 * 12345) * 0.1
     batch = torch.zeros(2, long.numel())
     batch[0, : short.numel()], batch[1] = short, long
     lengths = torch.tensor([short.numel() / long.numel(), 1.0])
 
-    compute, norm = LogMelFeatures(16000), UtteranceNorm(std_norm=True)
+    compute = LogMelFeatures(16000, framing=framing)
+    norm = UtteranceNorm(std_norm=True)
     alone = norm(compute(short[None]))[0]
     frame_lengths = compute.frame_lengths(lengths, batch.shape[1])
     padded = norm(compute(batch, lengths), frame_lengths)[0]
 
     n = alone.shape[0]
-    assert n == 1 + (12345 - 400) // 160
+    assert n == 1 + (12345 - compute.frame_length) // 160
     assert torch.round(frame_lengths[0] * padded.shape[0]).item() == n
     torch.testing.assert_close(padded[:n], alone, atol=1e-4, rtol=0)
     assert padded[n:].abs().max() == 0
 
 
-def test_too_short_waveform_is_refused_clearly():
-    with pytest.raises(ValueError, match="shorter than one 400-sample window"):
-        LogMelFeatures(16000)(torch.zeros(1, 399))
+@pytest.mark.parametrize("framing, samples", [("window", 400), ("original", 512)])
+def test_too_short_waveform_is_refused_clearly(framing, samples):
+    with pytest.raises(ValueError, match=f"shorter than one {samples}-sample frame"):
+        LogMelFeatures(16000, framing=framing)(torch.zeros(1, samples - 1))
+    assert LogMelFeatures(16000, framing=framing)(torch.zeros(1, samples)).shape == (1, 1, 80)
 
 
-def test_features_computed_in_chunks_equal_one_pass():
+@pytest.mark.parametrize("framing, frames", [("window", 298), ("original", 297)])
+def test_features_computed_in_chunks_equal_one_pass(framing, frames):
     torch.manual_seed(0)
     wavs = torch.rand(2, 48000) - 0.5
     lengths = torch.tensor([1.0, 0.6])
-    one_pass = LogMelFeatures(chunk_frames=None)(wavs, lengths)
-    chunked = LogMelFeatures(chunk_frames=77)(wavs, lengths)
-    assert chunked.shape == one_pass.shape == (2, 298, 80)
+    one_pass = LogMelFeatures(chunk_frames=None, framing=framing)(wavs, lengths)
+    chunked = LogMelFeatures(chunk_frames=77, framing=framing)(wavs, lengths)
+    assert chunked.shape == one_pass.shape == (2, frames, 80)
     assert torch.equal(chunked, one_pass)
+
+
+def test_framing_defaults_to_window_for_existing_model_folders():
+    # Model folders written before the option build LogMelFeatures without it.
+    assert LogMelFeatures().framing == "window"
+    with pytest.raises(ValueError, match="Unknown framing 'centre'"):
+        LogMelFeatures(framing="centre")

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dmha_modules.front_ends import VGG3L, VGG4L, ResNet
 from dmha_modules.features import LogMelFeatures, UtteranceNorm
@@ -11,6 +12,12 @@ from dmha_modules.models import EmbeddingModel
 
 FRONT_ENDS = ["VGG3L", "VGG4L", "ResNet"]
 POOLINGS = ["Attention", "MHA", "DoubleMHA"]
+# EmbeddingModel arguments of each front-end; the age variant's resnet
+# averaged over time (one step per utterance).
+FRONT_END_KWARGS = {
+    **{name: {"front_end": name} for name in FRONT_ENDS},
+    "ResNet-collapsed": {"front_end": "ResNet", "collapse_time": True},
+}
 
 
 @pytest.mark.parametrize(
@@ -71,12 +78,12 @@ def calibrate_batch_norms(model, embed):
 
 
 @pytest.mark.parametrize("pooling", POOLINGS)
-@pytest.mark.parametrize("front_end", FRONT_ENDS)
+@pytest.mark.parametrize("front_end", list(FRONT_END_KWARGS))
 def test_embedding_is_the_same_alone_and_padded(front_end, pooling):
     torch.manual_seed(0)
     compute_features, norm = LogMelFeatures(16000), UtteranceNorm()
     model = EmbeddingModel(
-        front_end=front_end, channels=32, pooling=pooling, heads=4, emb_dim=64
+        **FRONT_END_KWARGS[front_end], channels=32, pooling=pooling, heads=4, emb_dim=64
     )
 
     def embed(wavs, lengths):
@@ -125,10 +132,12 @@ def randomise_batch_norms(module):
             layer.running_var.uniform_(0.5, 2)
 
 
-@pytest.mark.parametrize("front_end", FRONT_ENDS)
+@pytest.mark.parametrize("front_end", list(FRONT_END_KWARGS))
 def test_long_inputs_encoded_in_chunks_equal_one_pass(front_end):
     torch.manual_seed(0)
-    model = EmbeddingModel(front_end=front_end, channels=16, heads=4, emb_dim=32).eval()
+    model = EmbeddingModel(
+        **FRONT_END_KWARGS[front_end], channels=16, heads=4, emb_dim=32
+    ).eval()
     randomise_batch_norms(model)
     feats = torch.randn(2, 1037, 80)
     lengths = torch.tensor([1.0, 0.7])
@@ -144,3 +153,28 @@ def test_long_inputs_encoded_in_chunks_equal_one_pass(front_end):
         no_context = model(feats, lengths)
     assert torch.allclose(chunked, one_pass, atol=1e-5)
     assert not torch.allclose(no_context, one_pass, atol=1e-5)
+
+
+def test_time_collapsed_resnet_averages_over_time_and_frequency():
+    # The age variant's resnet ends in AdaptiveAvgPool2d((1, 1)): the mean of
+    # the last stage's output over every step and frequency bin, which
+    # attention over that single step passes through.
+    torch.manual_seed(0)
+    model = EmbeddingModel(
+        front_end="ResNet", channels=16, pooling="Attention", collapse_time=True
+    )
+    randomise_batch_norms(model)
+    model.eval()
+    feats = torch.randn(1, 37, 80)
+    front_end = model.front_end
+    with torch.no_grad():
+        x = torch.relu(front_end.bn(front_end.conv(feats.unsqueeze(1))))
+        x = F.max_pool2d(x, 3, stride=2, padding=1)
+        for stage in front_end.stages:
+            for block in stage:
+                x = block(x, None)
+        pooled = F.adaptive_avg_pool2d(x, (1, 1)).flatten(1)
+        expected = model.norm(torch.relu(model.fc2(torch.relu(model.fc1(pooled)))))
+        embeddings, weights = model(feats, return_weights=True)
+    assert weights.shape == (1, 1)
+    torch.testing.assert_close(embeddings[:, 0], expected, rtol=1e-5, atol=1e-5)

@@ -2,8 +2,9 @@
 
 The reference below is written from SPEC.md with the original's layer layout
 and parameter names, and computes as the original does (its ``(B*T, H, H)``
-product and diagonal for the head scores, its flatten of the VGG output), so
-it shares no code with ``dmha_modules``.
+product and diagonal for the head scores, its flatten of the VGG output, the
+age variant's resnet averaging over time and frequency, its ``model_sigmoid``
+head), so it shares no code with ``dmha_modules``.
 """
 
 import argparse
@@ -19,12 +20,13 @@ import torch.nn.functional as F
 from dmha_modules.heads import Classifier
 from dmha_modules.losses import AMSoftmaxLoss
 from dmha_modules.models import EmbeddingModel
-from dmha_modules.original import OriginalFormatError, load_original
+from dmha_modules.original import OriginalFormatError, decide, import_original, load_original
 
 CHANNELS = 32
 HEADS = 4
 EMBEDDING_SIZE = 400
 SPEAKERS = 7
+AGE_GROUPS = ("twenties", "thirties", "fourties", "fifties", "sixties", "seventies")
 
 
 def xavier_vector(*shape):
@@ -59,6 +61,48 @@ class SeedVGG(torch.nn.Module):
             x = F.relu(getattr(self, f"conv{block}2")(x))
             x = F.max_pool2d(x, 2, stride=2, ceil_mode=True)
         x = x.transpose(1, 2)
+        return x.contiguous().view(x.size(0), x.size(1), x.size(2) * x.size(3))
+
+
+class SeedBasicBlock(torch.nn.Module):
+    """The age variant's ResNet block: ``conv1``, ``bn1``, ``conv2``, ``bn2``, ``downsample``."""
+
+    def __init__(self, in_channels, out_channels):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(out_channels)
+        self.conv2 = torch.nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(out_channels)
+        self.downsample = None
+        if in_channels != out_channels:
+            self.downsample = torch.nn.Sequential(
+                torch.nn.Conv2d(in_channels, out_channels, 1, bias=False),
+                torch.nn.BatchNorm2d(out_channels),
+            )
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class SeedResNet(torch.nn.Module):
+    """The age variant's ``resnet``: stem, ``layer1..3`` of two blocks, mean over time and frequency."""
+
+    def __init__(self, kernel_size):
+        super().__init__()
+        channels = [kernel_size // 8, kernel_size // 4, kernel_size // 2]
+        self.conv1 = torch.nn.Conv2d(1, channels[0], 3, padding=1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(channels[0])
+        for layer, (c_in, c_out) in enumerate(zip(channels[:1] + channels[:-1], channels)):
+            blocks = [SeedBasicBlock(c_in, c_out), SeedBasicBlock(c_out, c_out)]
+            setattr(self, f"layer{layer + 1}", torch.nn.Sequential(*blocks))
+        self.fc = torch.nn.Linear(channels[-1], channels[-1])  # built, never applied
+
+    def forward(self, x):
+        x = x.view(x.size(0), x.size(1), 1, x.size(2)).transpose(1, 2)
+        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, stride=2, padding=1)
+        x = self.layer3(self.layer2(self.layer1(x)))
+        x = F.adaptive_avg_pool2d(x, (1, 1)).transpose(1, 2)
         return x.contiguous().view(x.size(0), x.size(1), x.size(2) * x.size(3))
 
 
@@ -130,13 +174,22 @@ class SeedAMSoftmax(torch.nn.Module):
 
 
 class SeedSpeakerClassifier(torch.nn.Module):
-    """The original's ``SpeakerClassifier`` (b1 and b3 are built but unused, as there)."""
+    """The original's ``SpeakerClassifier`` (b1 and b3 are built but unused, as there).
 
-    def __init__(self, settings):
+    With ``sigmoid`` it is the age variant's ``model_sigmoid.py``, whose
+    forward returns ``sigmoid(cos)`` instead of the cosines.
+    """
+
+    def __init__(self, settings, sigmoid=False):
         super().__init__()
-        blocks = {"VGG3L": 3, "VGG4L": 4}[settings.front_end]
-        self.front_end = SeedVGG(settings.kernel_size, blocks)
-        size = settings.kernel_size * math.ceil(80 / 2**blocks)
+        if settings.front_end == "resnet":
+            self.front_end = SeedResNet(settings.kernel_size)
+            size = settings.kernel_size // 2
+        else:
+            blocks = {"VGG3L": 3, "VGG4L": 4}[settings.front_end]
+            self.front_end = SeedVGG(settings.kernel_size, blocks)
+            size = settings.kernel_size * math.ceil(80 / 2**blocks)
+        self.sigmoid = sigmoid
         if settings.pooling_method == "Attention":
             self.poolingLayer = SeedAttention(size)
         elif settings.pooling_method == "MHA":
@@ -162,7 +215,8 @@ class SeedSpeakerClassifier(torch.nn.Module):
         return self.b2(F.relu(self.fc2(F.relu(self.fc1(self.pooled(x))))))
 
     def forward(self, x, label):
-        return self.predictionLayer(self.preLayer(self.getEmbedding(x)), label)
+        cosines, logits = self.predictionLayer(self.preLayer(self.getEmbedding(x)), label)
+        return (torch.sigmoid(cosines) if self.sigmoid else cosines), logits
 
 
 def seed_settings(front_end="VGG4L", pooling="DoubleMHA"):
@@ -187,15 +241,54 @@ def seed_settings(front_end="VGG4L", pooling="DoubleMHA"):
     )
 
 
-def random_original_model(settings):
+def age_settings(front_end, pooling, model_file, normalization):
+    """Settings as the age variant's ``train.py`` (``model.py``) or ``train_ordinal.py`` leave them."""
+    settings = seed_settings(front_end, pooling)
+    settings.num_spkrs = len(AGE_GROUPS)
+    settings.normalization = normalization
+    settings.window_size = 1.0
+    settings.validation_file = "labels/validation.lst"
+    settings.dropout = 0.0
+    if model_file == "model.py":
+        settings.criterion, settings.criterion2 = "CrossEntropyWeighted", "CrossEntropy"
+    else:
+        settings.criterion = "OrdinalReg"
+    return settings
+
+
+def original_outputs(reference, features, sigmoid):
+    """Embedding, outputs and decision of one utterance, as the original's scripts compute them.
+
+    ``torch.max`` of the outputs, or for ``train_ordinal.py`` (``sigmoid``)
+    its ``prediction2label``.
+    """
+    inputs = torch.as_tensor(features, dtype=torch.float32).reshape(1, -1, 80)
+    with torch.no_grad():
+        embedding = reference.getEmbedding(inputs)[0]
+        prediction, _ = reference(inputs, torch.tensor([0]))
+    if sigmoid:
+        decision = (prediction.numpy() > 0.5).cumprod(axis=1).sum(axis=1) - 1
+    else:
+        decision = torch.max(prediction, 1)[1].numpy()
+    return embedding, prediction[0], int(decision[0])
+
+
+def random_original_model(settings, sigmoid=False):
     """A seed model with random weights and BN statistics that keep e2 input-dependent."""
     torch.manual_seed(0)
-    model = SeedSpeakerClassifier(settings)
-    for conv in model.front_end.children():
-        # He initialisation keeps the activations' scale through the eight layers.
-        torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
-        torch.nn.init.uniform_(conv.bias, -0.1, 0.1)
+    model = SeedSpeakerClassifier(settings, sigmoid)
     with torch.no_grad():
+        for layer in model.front_end.modules():
+            if isinstance(layer, torch.nn.Conv2d):
+                # He initialisation keeps the activations' scale through the layers.
+                torch.nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+                if layer.bias is not None:
+                    torch.nn.init.uniform_(layer.bias, -0.1, 0.1)
+            elif isinstance(layer, torch.nn.BatchNorm2d):
+                layer.weight.uniform_(0.5, 1.5)
+                layer.bias.uniform_(-0.1, 0.1)
+                layer.running_mean.uniform_(-0.2, 0.2)
+                layer.running_var.uniform_(0.5, 2.0)
         for norm in (model.b1, model.b2, model.b3):
             norm.weight.uniform_(0.5, 1.5)
             norm.bias.uniform_(-0.1, 0.1)
@@ -272,6 +365,10 @@ def test_converted_model_computes_the_seed_outputs(tmp_path, front_end, pooling)
 
     assert seed.n_classes == SPEAKERS
     assert seed.settings["feature_size"] == 80  # the checkpoint's settings win
+    assert (seed.task, seed.decision, seed.std_norm, seed.framing) == (
+        "speaker", "argmax", False, "original"
+    )
+    assert seed.class_names == tuple(str(i) for i in range(SPEAKERS))
     assert seed.settings["model_name"] == "CNN_test"
     expected_kwargs = {
         "front_end": front_end,
@@ -313,6 +410,60 @@ def test_converted_model_computes_the_seed_outputs(tmp_path, front_end, pooling)
             embeddings[frames] = theirs
     # The comparison is informative: different inputs give different embeddings.
     assert F.cosine_similarity(embeddings[37], embeddings[64]).item() < 0.99
+
+
+@pytest.mark.parametrize("model_file", ["model.py", "model_sigmoid.py"])
+def test_age_variant_resnet_computes_the_seed_outputs(tmp_path, model_file):
+    sigmoid = model_file == "model_sigmoid.py"
+    settings = age_settings("resnet", "DoubleMHA", model_file, "cmvn")
+    reference = random_original_model(settings, sigmoid)
+    seed, model, classifier = converted_modules(*save_original(reference, settings, tmp_path))
+
+    assert seed.embedding_kwargs["front_end"] == "ResNet"
+    assert seed.embedding_kwargs["collapse_time"] is True
+    assert (seed.task, seed.decision, seed.std_norm) == (
+        "age", "ordinal" if sigmoid else "argmax", True
+    )
+    assert seed.class_names == AGE_GROUPS
+    # Ours on a padded batch, the original one utterance at a time.
+    torch.manual_seed(1)
+    feats = [cmn(torch.randn(1, frames, 80)) for frames in (37, 64)]
+    batch = torch.zeros(2, 64, 80)
+    batch[0, :37], batch[1] = feats[0][0], feats[1][0]
+    with torch.no_grad():
+        ours = model(batch, torch.tensor([37 / 64, 1.0]))[:, 0]
+        cosines = classifier(ours)[:, 0]
+    for index, utterance in enumerate(feats):
+        theirs, prediction, decision = original_outputs(reference, utterance, sigmoid)
+        assert F.cosine_similarity(ours[index], theirs, dim=0).item() >= 0.9999
+        scores = torch.sigmoid(cosines[index]) if sigmoid else cosines[index]
+        torch.testing.assert_close(scores, prediction, rtol=0, atol=1e-5)
+        assert decide(cosines[index], seed.decision).item() == decision
+
+
+def test_import_writes_the_normalisation_resnet_and_group_names(tmp_path):
+    settings = age_settings("resnet", "MHA", "model.py", "cmvn")
+    checkpoint, config = save_original(random_original_model(settings), settings, tmp_path)
+    folder, cosine = import_original(checkpoint, config, str(tmp_path / "model"))
+    hyperparams = (tmp_path / "model" / "hyperparams.yaml").read_text()
+    assert "std_norm: true" in hyperparams and "collapse_time: true" in hyperparams
+    assert cosine >= 0.9999  # the folder rebuilds the time-collapsing model
+    labels = (tmp_path / "model" / "label_encoder.ckpt").read_text()
+    assert all(f"'{group}'" in labels for group in AGE_GROUPS)
+
+
+def test_import_refuses_rates_the_original_could_not_run_at(tmp_path):
+    with pytest.raises(OriginalFormatError, match="exceeds its 512-point FFT"):
+        import_original("model.chkpt", "model_config.pkl", str(tmp_path / "model"), 22050)
+
+
+def test_fc_is_unused_in_the_resnet_only(tmp_path):
+    settings = seed_settings("VGG3L", "Attention")
+    model = random_original_model(settings)
+    state = {**model.state_dict(), "front_end.fc.weight": torch.zeros(2, 2)}
+    checkpoint, config = save_original(model, settings, tmp_path, state=state)
+    with pytest.raises(OriginalFormatError, match="unknown: front_end.fc.weight"):
+        load_original(checkpoint, config)
 
 
 class Marker:
@@ -424,7 +575,9 @@ def test_seed_unused_batch_norms_are_optional(tmp_path):
             {"pooling_method": "Attention Statistical"},
             "unsupported pooling_method 'Attention Statistical'",
         ),
-        ({"front_end": "resnet"}, "unsupported front_end 'resnet'"),
+        # In the original's CNNs.py, but never offered by its train scripts.
+        ({"front_end": "RepVGG4L"}, "unsupported front_end 'RepVGG4L'"),
+        ({"normalization": "pcen"}, "unsupported normalization 'pcen'"),
         ({"heads_number": 3}, "unsupported settings"),
     ],
 )

@@ -1,16 +1,13 @@
 """Loading models trained with the original research code (the "seed").
 
 The original code (``scripts/train.py`` of
-github.com/miquelindia90/DoubleAttentionSpeakerVerification, and of its age
-variant) writes two kinds of files per model:
-
-- ``<name>_config.pkl``: the training settings, a pickled ``argparse.Namespace``;
-- ``<name>_<step>.chkpt``: ``torch.save`` of ``{"model": state_dict,
-  "optimizer": state_dict, "settings": Namespace, "epoch": int, "step": int}``.
-
-``load_original`` reads both without running pickled code (an allow-list of
-``argparse.Namespace`` only) and converts them for ``EmbeddingModel`` and
-``Classifier``. The parameter names (``H`` heads of size ``d``, ``D = H d``):
+github.com/miquelindia90/DoubleAttentionSpeakerVerification, and the
+``train*.py`` scripts of its age variant,
+github.com/SirBernardPhilip/DoubleAttentionAgeClassification) writes a
+settings ``<name>_config.pkl`` and checkpoints ``<name>_<step>.chkpt`` per
+model. ``load_original`` reads both without running pickled code (see
+:mod:`dmha_modules.original.files`) and converts them for ``EmbeddingModel``
+and ``Classifier``. The parameter names (``H`` heads of size ``d``, ``D = H d``):
 
 =====================================================  ==========================================
 original ``SpeakerClassifier``                          here
@@ -28,34 +25,62 @@ original ``SpeakerClassifier``                          here
 =====================================================  ==========================================
 
 Both VGG front-ends flatten channels and frequency channel-major, so the
-front-end weights need no reordering.
+front-end weights need no reordering. The age variant's ``resnet`` has the
+layout of ``front_ends.ResNet`` (same channels, strides, max-pooling and
+blocks) under other names: ``conv1``/``bn1`` for our ``conv``/``bn``,
+``layer{s+1}.{b}`` for ``stages.{s}.{b}`` and ``downsample`` for
+``shortcut``; its ``fc`` is built but never applied. It averages over time
+and frequency, so it becomes ``EmbeddingModel(front_end="ResNet",
+collapse_time=True)``.
+
+What else a faithful model needs, recorded in ``OriginalModel``:
+
+- features with ``LogMelFeatures(framing="original")`` (librosa's framing)
+  and ``UtteranceNorm(std_norm=...)`` as its ``normalization`` setting says
+  (``cmn`` or ``cmvn``; older settings without it are ``cmn``);
+- its task: the age variant's settings alone have ``criterion``;
+- its decision (``decide``): ``argmax`` of the class cosines, except for
+  ``train_ordinal.py`` models (``model_sigmoid.py``; the only script whose
+  settings have ``criterion`` but no ``criterion2``), which decide by
+  ``(sigmoid(cos) > 0.5).cumprod().sum() - 1``: the number of leading
+  classes above one half, minus one (-1 when the first is not).
 """
 
-import argparse
 import dataclasses
-import pickle
 import re
 
 import torch
 
 from dmha_modules.heads import Classifier
 from dmha_modules.models import EmbeddingModel
+from dmha_modules.original.files import (
+    OriginalFormatError,
+    merge_settings,
+    read_checkpoint,
+    read_config,
+)
 
 # The original sets ``parameters.feature_size = 80`` whatever the settings say.
 FEATURE_SIZE = 80
-SUPPORTED_FRONT_ENDS = ("VGG3L", "VGG4L")
+# The original's front-end names and ours; the age variant's resnet averaged
+# its output over time, which ``collapse_time`` reproduces.
+FRONT_ENDS = {
+    "VGG3L": {"front_end": "VGG3L"},
+    "VGG4L": {"front_end": "VGG4L"},
+    "resnet": {"front_end": "ResNet", "collapse_time": True},
+}
 SUPPORTED_POOLINGS = ("Attention", "MHA", "DoubleMHA")
-# Settings that shape the network: config and checkpoint must agree on them.
-MODEL_SETTINGS = (
-    "front_end",
-    "kernel_size",
-    "pooling_method",
-    "heads_number",
-    "mask_prob",
-    "embedding_size",
-    "num_spkrs",
-)
-
+# ``normalization`` setting -> ``UtteranceNorm(std_norm=...)``.
+NORMALIZATIONS = {"cmn": False, "cmvn": True}
+# What the age variant's own scripts (test.py, utils.py) call its classes.
+AGE_GROUP_NAMES = {
+    6: ("twenties", "thirties", "fourties", "fifties", "sixties", "seventies"),
+    9: ("teens", "twenties", "thirties", "fourties", "fifties", "sixties",
+        "seventies", "eighties", "nineties"),
+}
+# The original's FFT size: librosa refuses a longer window, so the original
+# could not compute features above about 20.5 kHz (25 ms > 512 samples).
+ORIGINAL_N_FFT = 512
 # Our parameter names (the classifier's prefixed with "classifier.") to the
 # original's, as regular expression substitutions; unlisted names are the same.
 SEED_NAMES = [
@@ -63,6 +88,12 @@ SEED_NAMES = [
         r"^front_end\.blocks\.(\d+)\.conv(\d)\.",
         lambda match: f"front_end.conv{int(match[1]) + 1}{match[2]}.",
     ),
+    (
+        r"^front_end\.stages\.(\d+)\.(\d+)\.(shortcut\.)?",
+        lambda match: f"front_end.layer{int(match[1]) + 1}.{match[2]}."
+        + ("downsample." if match[3] else ""),
+    ),
+    (r"^front_end\.(conv|bn)\.", r"front_end.\g<1>1."),
     (r"^pooling\.attention$", "poolingLayer.att"),
     (r"^pooling\.queries$", "poolingLayer.query"),
     (r"^pooling\.mha\.queries$", "poolingLayer.utteranceAttention.query"),
@@ -78,65 +109,11 @@ TRANSPOSED = {
     "pooling.mha.queries",
     "pooling.head_attention",
 }
-# BatchNorms the original builds but never applies in its forward pass.
+# Layers the original builds but never applies in its forward pass: two
+# BatchNorms, and the resnet's final linear layer.
 UNUSED_SEED_NAMES = re.compile(r"^b[13]\.")
+UNUSED_RESNET_NAMES = re.compile(r"^(b[13]|front_end\.fc)\.")
 CLASSIFIER_PREFIX = "classifier."
-
-
-class OriginalFormatError(ValueError):
-    """A seed file that cannot be loaded safely or does not fit the model.
-
-    Raised for globals outside the allow-list, weights that are missing,
-    unknown or mis-shaped, and settings this project cannot reproduce; the
-    message names the file.
-
-    Example
-    -------
-    >>> raise OriginalFormatError("model_config.pkl: refused global os.system")
-    Traceback (most recent call last):
-    dmha_modules.original.OriginalFormatError: model_config.pkl: refused global os.system
-    """
-
-
-class SettingsUnpickler(pickle.Unpickler):
-    """Unpickler of the original's settings: builds ``argparse.Namespace`` only.
-
-    A Namespace of plain values (protocol 2 and later, as the original's
-    ``pickle.HIGHEST_PROTOCOL``) needs no other global; any other global is
-    refused before it is imported, so nothing in the file runs.
-
-    Arguments
-    ---------
-    file : file object
-        Binary file to read.
-    path : str
-        Name of the file, for error messages.
-
-    Example
-    -------
-    >>> import io
-    >>> settings = argparse.Namespace(front_end="VGG4L", kernel_size=1024)
-    >>> SettingsUnpickler(io.BytesIO(pickle.dumps(settings)), "config.pkl").load()
-    Namespace(front_end='VGG4L', kernel_size=1024)
-    >>> try:
-    ...     SettingsUnpickler(io.BytesIO(pickle.dumps(print)), "config.pkl").load()
-    ... except OriginalFormatError as error:
-    ...     print(error)
-    config.pkl: refused global builtins.print (only argparse.Namespace is allowed)
-    """
-
-    def __init__(self, file, path):
-        super().__init__(file)
-        self.path = path
-
-    def find_class(self, module, name):
-        """Returns ``argparse.Namespace``; raises ``OriginalFormatError`` for any other global."""
-        if (module, name) == ("argparse", "Namespace"):
-            return argparse.Namespace
-        raise OriginalFormatError(
-            f"{self.path}: refused global {module}.{name} "
-            "(only argparse.Namespace is allowed)"
-        )
 
 
 @dataclasses.dataclass
@@ -158,6 +135,17 @@ class OriginalModel:
         saved in the checkpoint).
     n_classes : int
         Number of training classes (speakers or age groups).
+    std_norm : bool
+        Features normalised by mean and variance (``cmvn``), not mean only.
+    task : str
+        ``"speaker"`` or ``"age"``.
+    decision : str
+        ``"argmax"`` or ``"ordinal"`` (see ``decide``).
+    class_names : tuple
+        Names of the classes in order: ``"0"`` to ``"C-1"`` as the labels
+        files number them, or the age variant's group names for 6 or 9 groups.
+    framing : str
+        ``LogMelFeatures`` framing of the features it was trained on.
 
     Example
     -------
@@ -165,6 +153,8 @@ class OriginalModel:
     >>> seed = OriginalModel(kwargs, EmbeddingModel(**kwargs).state_dict(), {}, {}, {}, 3)
     >>> EmbeddingModel(**seed.embedding_kwargs).load_state_dict(seed.embedding_state)
     <All keys matched successfully>
+    >>> seed.framing, seed.decision, seed.class_names
+    ('original', 'argmax', ('0', '1', '2'))
     """
 
     embedding_kwargs: dict
@@ -173,6 +163,37 @@ class OriginalModel:
     classifier_state: dict
     settings: dict
     n_classes: int
+    std_norm: bool = False
+    task: str = "speaker"
+    decision: str = "argmax"
+    class_names: tuple = None
+    framing: str = "original"
+
+    def __post_init__(self):
+        if self.class_names is None:
+            self.class_names = tuple(str(i) for i in range(self.n_classes))
+
+
+def decide(cosines, decision):
+    """Class indices from the classifier's cosines ``(..., C)``, as the original decided.
+
+    ``"argmax"``: the class of the highest cosine. ``"ordinal"``
+    (``train_ordinal.py``): ``(sigmoid(cos) > 0.5).cumprod().sum() - 1``, the
+    number of leading classes above one half minus one; -1 when the first
+    class is below.
+
+    Example
+    -------
+    >>> cosines = torch.tensor([[0.3, 0.2, -0.1, 0.4], [-0.2, 0.5, 0.6, 0.1]])
+    >>> decide(cosines, "argmax"), decide(cosines, "ordinal")
+    (tensor([3, 2]), tensor([ 1, -1]))
+    """
+    if decision == "argmax":
+        return cosines.argmax(dim=-1)
+    if decision == "ordinal":
+        above = torch.sigmoid(cosines) > 0.5
+        return above.long().cumprod(dim=-1).sum(dim=-1) - 1
+    raise ValueError(f"Unknown decision {decision!r}; expected 'argmax' or 'ordinal'")
 
 
 def original_name(name):
@@ -182,6 +203,8 @@ def original_name(name):
     -------
     >>> original_name("front_end.blocks.0.conv2.bias")
     'front_end.conv12.bias'
+    >>> original_name("front_end.stages.1.0.shortcut.1.weight")
+    'front_end.layer2.0.downsample.1.weight'
     >>> original_name("classifier.weight")
     'predictionLayer.W'
     """
@@ -190,67 +213,6 @@ def original_name(name):
         if count:
             return renamed
     return name
-
-
-def read_config(path):
-    """The settings ``argparse.Namespace`` of a config ``.pkl``, read without running code."""
-    with open(path, "rb") as file:
-        try:
-            settings = SettingsUnpickler(file, path).load()
-        except (pickle.UnpicklingError, EOFError) as error:
-            raise OriginalFormatError(
-                f"{path}: not a pickled settings file ({error})"
-            ) from error
-    if not isinstance(settings, argparse.Namespace):
-        raise OriginalFormatError(
-            f"{path}: holds a {type(settings).__name__}, not argparse.Namespace settings"
-        )
-    return settings
-
-
-def read_checkpoint(path):
-    """The state dict and settings (or None) of a checkpoint, loaded with ``weights_only``."""
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            contents = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        # torch reports the refused global as "... GLOBAL module.name ...".
-        refused = re.search(r"GLOBAL ([\w.]+)", str(error))
-        name = refused[1] if refused else "outside the allow-list"
-        raise OriginalFormatError(
-            f"{path}: refused global {name} (a seed checkpoint holds tensors, "
-            "plain values and argparse.Namespace settings only)"
-        ) from error
-    if not isinstance(contents, dict) or not isinstance(contents.get("model"), dict):
-        raise OriginalFormatError(
-            f"{path}: not a checkpoint of the original code (no 'model' state dict)"
-        )
-    settings = contents.get("settings")
-    if settings is not None and not isinstance(settings, argparse.Namespace):
-        raise OriginalFormatError(
-            f"{path}: 'settings' is a {type(settings).__name__}, not argparse.Namespace"
-        )
-    return contents["model"], settings
-
-
-def merge_settings(config, checkpoint_settings, config_path, checkpoint_path):
-    """Settings of the config updated by the checkpoint's; they must agree on the network."""
-    settings = vars(config).copy()
-    if checkpoint_settings is None:
-        return settings
-    saved = vars(checkpoint_settings)
-    conflicts = [
-        f"{key} {settings[key]!r} != {saved[key]!r}"
-        for key in MODEL_SETTINGS
-        if key in settings and key in saved and settings[key] != saved[key]
-    ]
-    if conflicts:
-        raise OriginalFormatError(
-            f"{config_path}: settings disagree with {checkpoint_path}: "
-            + ", ".join(conflicts)
-        )
-    settings.update(saved)
-    return settings
 
 
 def embedding_kwargs_of(settings, path):
@@ -271,12 +233,10 @@ def embedding_kwargs_of(settings, path):
     if missing:
         raise OriginalFormatError(f"{path}: settings lack {', '.join(missing)}")
     front_end = settings["front_end"]
-    if front_end not in SUPPORTED_FRONT_ENDS:
-        # The age variant's ResNet averaged over time and frequency; ours keeps
-        # time, so its weights would not compute the same embeddings.
+    if front_end not in FRONT_ENDS:
         raise OriginalFormatError(
             f"{path}: unsupported front_end {front_end!r} "
-            f"(supported: {', '.join(SUPPORTED_FRONT_ENDS)})"
+            f"(supported: {', '.join(FRONT_ENDS)})"
         )
     if pooling not in SUPPORTED_POOLINGS:
         raise OriginalFormatError(
@@ -285,7 +245,7 @@ def embedding_kwargs_of(settings, path):
         )
     kwargs = {
         "input_size": FEATURE_SIZE,
-        "front_end": front_end,
+        **FRONT_ENDS[front_end],
         "channels": settings["kernel_size"],
         "pooling": pooling,
         "emb_dim": settings["embedding_size"],
@@ -303,6 +263,29 @@ def embedding_kwargs_of(settings, path):
     return kwargs
 
 
+def pipeline_of(settings, path):
+    """How the original computed with ``settings``: ``(std_norm, task, decision, class names)``.
+
+    The features' normalisation is the ``normalization`` setting (absent from
+    the oldest settings, which normalised by the mean only). The age variant's
+    scripts alone have a ``criterion`` setting, and its ``train_ordinal.py``
+    (the ``model_sigmoid.py`` model, decided by ``decide(..., "ordinal")``)
+    alone has no ``criterion2``. Class names are None where the labels
+    files' numbers are the names.
+    """
+    normalization = settings.get("normalization", "cmn")
+    if normalization not in NORMALIZATIONS:
+        raise OriginalFormatError(
+            f"{path}: unsupported normalization {normalization!r} "
+            f"(supported: {', '.join(NORMALIZATIONS)})"
+        )
+    if "criterion" not in settings:
+        return NORMALIZATIONS[normalization], "speaker", "argmax", None
+    decision = "argmax" if "criterion2" in settings else "ordinal"
+    names = AGE_GROUP_NAMES.get(settings["num_spkrs"])
+    return NORMALIZATIONS[normalization], "age", decision, names
+
+
 def expected_shapes(embedding_kwargs, classifier_kwargs, path):
     """Our parameter names (classifier ones prefixed) and shapes, from modules on the meta device."""
     try:
@@ -317,8 +300,12 @@ def expected_shapes(embedding_kwargs, classifier_kwargs, path):
     return shapes
 
 
-def convert_state(seed_state, shapes, path):
-    """Our state (classifier names prefixed) from the original's, checking every name and shape."""
+def convert_state(seed_state, shapes, path, unused=UNUSED_SEED_NAMES):
+    """Our state (classifier names prefixed) from the original's, checking every name and shape.
+
+    Names of ``seed_state`` matching ``unused`` are dropped; any other name
+    our modules do not use is an error.
+    """
     converted, missing, wrong_shapes = {}, [], []
     for name, shape in shapes.items():
         original = original_name(name)
@@ -336,7 +323,7 @@ def convert_state(seed_state, shapes, path):
     unknown = [
         name
         for name in seed_state
-        if name not in used and not UNUSED_SEED_NAMES.match(name)
+        if name not in used and not unused.match(name)
     ]
     problems = [
         f"\n  {label}: {'; '.join(names)}"
@@ -360,8 +347,11 @@ def load_original(checkpoint, config):
     Nothing in either file runs: the checkpoint is read by ``torch.load``
     with ``weights_only=True`` and ``argparse.Namespace`` as the only extra
     allowed global, the config by ``SettingsUnpickler``. Every weight of the
-    checkpoint must be used (bar the original's unused ``b1`` and ``b3``) and
-    every weight of ours filled, with the right shapes.
+    checkpoint must be used (bar the original's unused ``b1``, ``b3`` and
+    resnet ``fc``) and every weight of ours filled, with the right shapes.
+    Models of the speaker code and of every training script of the age
+    variant load; how to compute as they did (features, normalisation,
+    decision) is recorded in the result.
 
     The seed's head-drop probability ``p`` is converted to the rate it really
     had, ``1 / int(1 / p)`` (0.3 dropped a third of the heads). The training
@@ -377,7 +367,8 @@ def load_original(checkpoint, config):
     Returns
     -------
     OriginalModel
-        Module arguments, converted state dicts, settings and class count.
+        Module arguments, converted state dicts, settings, classes, and how
+        the original computed its features and decisions.
 
     Raises
     ------
@@ -387,7 +378,7 @@ def load_original(checkpoint, config):
 
     Example
     -------
-    >>> import os, tempfile
+    >>> import os, pickle, tempfile
     >>> config = os.path.join(tempfile.mkdtemp(), "model_config.pkl")
     >>> with open(config, "wb") as file:
     ...     pickle.dump(os.system, file)
@@ -407,6 +398,7 @@ def load_original(checkpoint, config):
     # The checkpoint's settings, when it has them, are those the weights had.
     settings_file = config if checkpoint_settings is None else checkpoint
     embedding_kwargs = embedding_kwargs_of(settings, settings_file)
+    std_norm, task, decision, class_names = pipeline_of(settings, settings_file)
     n_classes = settings["num_spkrs"]
     classifier_kwargs = {
         "input_size": settings["embedding_size"],
@@ -415,7 +407,8 @@ def load_original(checkpoint, config):
         "cosine": True,
     }
     shapes = expected_shapes(embedding_kwargs, classifier_kwargs, settings_file)
-    state = convert_state(seed_state, shapes, checkpoint)
+    unused = UNUSED_RESNET_NAMES if settings["front_end"] == "resnet" else UNUSED_SEED_NAMES
+    state = convert_state(seed_state, shapes, checkpoint, unused)
     return OriginalModel(
         embedding_kwargs=embedding_kwargs,
         embedding_state={
@@ -431,61 +424,8 @@ def load_original(checkpoint, config):
         },
         settings=settings,
         n_classes=n_classes,
+        std_norm=std_norm,
+        task=task,
+        decision=decision,
+        class_names=class_names,
     )
-
-
-def import_original(checkpoint, config, out, sample_rate=16000):
-    """Writes a model folder (see ``dmha_modules.model_folder``) of an original-code model.
-
-    The features are the original's (``LogMelFeatures`` at ``sample_rate``,
-    per-utterance mean normalisation); classes are named ``"0"`` to ``"C-1"``
-    as the original's labels files number speakers.
-
-    Arguments
-    ---------
-    checkpoint : str
-        The original's ``.chkpt`` file.
-    config : str
-        The original's ``_config.pkl`` file.
-    out : str
-        The model folder to write.
-    sample_rate : int
-        Sample rate of the training audio.
-
-    Returns
-    -------
-    tuple
-        The folder and the cosine of its check (loaded by SpeechBrain vs
-        the converted modules).
-    """
-    from speechbrain.dataio.encoder import CategoricalEncoder
-
-    from dmha_modules.model_folder import noise_sample, write_model_folder
-    from dmha_modules.features import LogMelFeatures, UtteranceNorm
-    from dmha_modules.heads import Classifier
-    from dmha_modules.models import EmbeddingModel
-
-    seed = load_original(checkpoint, config)
-    embedding_model = EmbeddingModel(**seed.embedding_kwargs)
-    embedding_model.load_state_dict(seed.embedding_state, strict=True)
-    classifier = Classifier(**seed.classifier_kwargs)
-    classifier.load_state_dict(seed.classifier_state, strict=True)
-    modules = {
-        "compute_features": LogMelFeatures(sample_rate=sample_rate),
-        "mean_var_norm": UtteranceNorm(),
-        "embedding_model": embedding_model,
-        "classifier": classifier,
-    }
-    encoder = CategoricalEncoder()
-    encoder.update_from_iterable([str(i) for i in range(seed.n_classes)])
-    settings = {k: v for k, v in seed.settings.items() if isinstance(v, (int, float, str, bool))}
-    card = {
-        "data": f"Imported from the original research code: `{checkpoint}` with `{config}`.",
-        "metrics": None,
-        "configuration": settings,
-    }
-    cosine = write_model_folder(
-        out, modules, ("dmha_modules.models.EmbeddingModel", seed.embedding_kwargs),
-        encoder, noise_sample(sample_rate), task="speaker", card=card,
-    )
-    return out, cosine
