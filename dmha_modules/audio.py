@@ -1,18 +1,103 @@
-"""Reading audio as the models take it: mono float32, at a chosen sample rate."""
+"""Reading audio as the models take it: mono float32, at a chosen sample rate.
+
+:func:`read_checked_audio` is the one audio check of every command that reads
+samples (``dmha embed``, ``age``, ``verify``, ``score``, ``features``):
+missing, empty, non-audio, truncated, silent and NaN- or Inf-holding files
+raise an :class:`AudioError` naming the file.
+"""
 
 import os
 
+import numpy
 import soundfile
 import torch
 import torchaudio
 
 # The one list of audio extensions lives with the header parsers, which
 # data preparation imports without torch.
-from dmha_modules.audio_headers import AUDIO_EXTENSIONS, riff_chunks  # noqa: F401
+from dmha_modules.audio_headers import AUDIO_EXTENSIONS, file_problem, riff_chunks  # noqa: F401
+
+# Frames read at a time from multichannel files, which are down-mixed block by block.
+_BLOCK_FRAMES = 1 << 18
+
+
+class AudioError(ValueError):
+    """An audio file that cannot be used; the message names the file.
+
+    Example
+    -------
+    >>> audio_info("missing.wav")
+    Traceback (most recent call last):
+    ...
+    dmha_modules.audio.AudioError: missing.wav: no such file
+    """
+
+
+def audio_info(path):
+    """``soundfile.info`` of ``path``, or an ``AudioError`` saying what is wrong."""
+    problem = file_problem(path)
+    if problem is not None:
+        raise AudioError(f"{path}: {problem}")
+    try:
+        info = soundfile.info(path)
+    except (RuntimeError, soundfile.LibsndfileError) as error:
+        raise AudioError(f"{path}: not a readable audio file ({error})") from None
+    if info.frames <= 0:
+        raise AudioError(f"{path}: no samples")
+    return info
+
+
+def read_checked_audio(path):
+    """Reads a whole audio file as :func:`read_audio` does, refusing unusable audio.
+
+    Arguments
+    ---------
+    path : str
+        Audio file in any format libsndfile reads.
+
+    Returns
+    -------
+    tuple
+        The mono waveform ``(samples,)`` float32 and its sample rate.
+
+    Raises
+    ------
+    AudioError
+        For a missing, empty, non-audio, truncated, silent (no sample above one
+        16-bit step) or NaN- or Inf-holding file.
+
+    Example
+    -------
+    >>> import tempfile, numpy
+    >>> path = os.path.join(tempfile.mkdtemp(), "inf.wav")
+    >>> soundfile.write(path, numpy.array([0.1, numpy.inf, 0.2]), 8000, subtype="FLOAT")
+    >>> read_checked_audio(path)
+    Traceback (most recent call last):
+    ...
+    dmha_modules.audio.AudioError: ...inf.wav: 1 samples are NaN or infinite
+    """
+    info = audio_info(path)
+    missing = wav_bytes_missing(path)
+    if missing:
+        raise AudioError(f"{path}: truncated ({missing} bytes of audio data missing)")
+    try:
+        wav, rate = read_audio(path)
+    except (RuntimeError, soundfile.LibsndfileError) as error:
+        raise AudioError(f"{path}: corrupt audio ({error})") from None
+    if len(wav) < info.frames:
+        raise AudioError(f"{path}: truncated (header says {info.frames} samples, read {len(wav)})")
+    if not bool(torch.isfinite(wav).all()):
+        raise AudioError(f"{path}: {int((~torch.isfinite(wav)).sum())} samples are NaN or infinite")
+    if max(float(wav.max()), -float(wav.min())) < 1 / 32768:
+        raise AudioError(f"{path}: silent (every sample is below one 16-bit step)")
+    return wav, rate
 
 
 def read_audio(path, sample_rate=None, start=0, stop=None):
     """Reads samples ``start:stop`` of ``path``, channels averaged to mono.
+
+    Multichannel audio is read and averaged a block at a time into the mono
+    waveform, so it takes little more memory than the mono waveform itself.
 
     Arguments
     ---------
@@ -37,8 +122,26 @@ def read_audio(path, sample_rate=None, start=0, stop=None):
     >>> wav.shape, rate, round(wav[800].item(), 3)
     (torch.Size([1600]), 16000, 0.125)
     """
-    audio, rate = soundfile.read(path, start=start, stop=stop, dtype="float32", always_2d=True)
-    wav = torch.from_numpy(audio[:, 0] if audio.shape[1] == 1 else audio.mean(axis=1))
+    with soundfile.SoundFile(path) as audio:
+        rate = audio.samplerate
+        if start:
+            audio.seek(start)
+        frames = -1 if stop is None else max(0, stop - start)
+        if audio.channels == 1:
+            mono = audio.read(frames, dtype="float32")
+        else:
+            left = max(0, audio.frames - start)
+            total = left if frames < 0 else min(frames, left)
+            if total >= 2**40:  # libsndfile's count for a stream of unknown length
+                raise RuntimeError("unknown length")
+            mono = numpy.empty(total, numpy.float32)
+            filled = 0
+            for block in audio.blocks(_BLOCK_FRAMES, frames=total, dtype="float32",
+                                      always_2d=True):
+                numpy.mean(block, axis=1, out=mono[filled : filled + len(block)])
+                filled += len(block)
+            mono = mono[:filled]  # a file shorter than its header says
+    wav = torch.from_numpy(mono)
     if sample_rate is not None and rate != sample_rate:
         wav = resample(wav, rate, sample_rate)
         rate = sample_rate

@@ -16,8 +16,15 @@ Example
 """
 
 import contextlib
+import ctypes
+import errno
 import os
+import signal
+import stat
 import struct
+import sys
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 
 import soundfile
@@ -50,6 +57,30 @@ def audio_not_found(path, suffixes):
     """The problem of a ``path`` found with none of the ``suffixes``."""
     tried = ", ".join(path + suffix for suffix in suffixes)
     return f"audio file not found (tried {tried})"
+
+
+def file_problem(path):
+    """Why ``path`` cannot be an audio file, from its directory entry alone; None if it can.
+
+    Example
+    -------
+    >>> folder = getfixture("tmp_path")
+    >>> os.symlink(folder / "loop.wav", folder / "loop.wav")
+    >>> (folder / "dir.wav").mkdir()
+    >>> [file_problem(folder / name) for name in ("loop.wav", "dir.wav", "absent.wav")]
+    ['symbolic link loop', 'a folder, not an audio file', 'no such file']
+    """
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return "broken symbolic link" if os.path.islink(path) else "no such file"
+    except OSError as error:
+        return "symbolic link loop" if error.errno == errno.ELOOP else error.strerror
+    if stat.S_ISDIR(status.st_mode):
+        return "a folder, not an audio file"
+    if not stat.S_ISREG(status.st_mode):
+        return "not a regular file"
+    return "empty file (0 bytes)" if status.st_size == 0 else None
 
 
 def riff_chunks(audio, size):
@@ -258,14 +289,68 @@ def find_audio_header(path, suffixes):
         (suffix found or None, duration, sample rate, problem or None).
     """
     for suffix in suffixes:
+        candidate = path + suffix
         try:
-            duration, sample_rate = read_audio_header(path + suffix)
+            duration, sample_rate = read_audio_header(candidate)
         except FileNotFoundError:
+            if os.path.islink(candidate):  # a broken link is a file that was meant
+                return suffix, None, None, f"{candidate}: {file_problem(candidate)}"
             continue
-        except (OSError, ValueError) as error:
-            return suffix, None, None, f"{path + suffix}: {error}"
+        except OSError as error:  # a folder, a link loop, no permission
+            return suffix, None, None, f"{candidate}: {file_problem(candidate) or error}"
+        except ValueError as error:
+            return suffix, None, None, f"{candidate}: {error}"
         return suffix, duration, sample_rate, None
     return None, None, None, audio_not_found(path, suffixes)
+
+
+def _end_with_parent(parent, initializer=None):
+    """Worker start: the worker dies with ``parent``, however that ends (``kill -9`` too)."""
+    if sys.platform.startswith("linux"):
+        # PR_SET_PDEATHSIG (1): the kernel sends SIGKILL when the parent dies.
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+    else:
+        def watch():
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True).start()
+    if os.getppid() != parent:  # it died before the worker could ask
+        os._exit(1)
+    if initializer is not None:
+        initializer()
+
+
+def worker_pool(jobs, mp_context=None, initializer=None):
+    """A ``ProcessPoolExecutor`` of ``jobs`` workers that end when this process dies.
+
+    Without it, workers outlive a parent killed with ``kill -9``, each holding
+    its memory, until their queue is closed, which then never happens.
+
+    Arguments
+    ---------
+    jobs : int
+        Worker processes.
+    mp_context : multiprocessing context, optional
+        How they start (``fork`` by default on Linux).
+    initializer : callable, optional
+        Run in each worker after it is tied to this process (picklable).
+
+    Returns
+    -------
+    concurrent.futures.ProcessPoolExecutor
+
+    Example
+    -------
+    >>> with worker_pool(2) as pool:
+    ...     list(pool.map(abs, [-1, 2]))
+    [1, 2]
+    """
+    return ProcessPoolExecutor(
+        max_workers=jobs, mp_context=mp_context, initializer=_end_with_parent,
+        initargs=(os.getpid(), initializer),
+    )
 
 
 def _find_audio_headers(items):
@@ -301,7 +386,7 @@ def read_headers(items, jobs=None, desc="Reading audio headers"):
     with contextlib.ExitStack() as stack:
         mapper = map
         if jobs > 1 and len(chunks) > 1:
-            mapper = stack.enter_context(ProcessPoolExecutor(max_workers=jobs)).map
+            mapper = stack.enter_context(worker_pool(jobs)).map
         progress = stack.enter_context(
             tqdm(total=len(items), desc=desc, unit="file", mininterval=1.0)
         )

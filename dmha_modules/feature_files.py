@@ -8,11 +8,9 @@ features go, which the recipe uses to find them.
 import contextlib
 import functools
 import os
-from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 
 import numpy
-import soundfile
 from tqdm import tqdm
 
 from dmha_modules.atomic import write_atomic
@@ -20,6 +18,7 @@ from dmha_modules.audio_headers import (
     audio_not_found,
     audio_suffixes,
     strip_audio_extension,
+    worker_pool,
 )
 from dmha_modules.prepare.listings import read_fields, relative_path
 from dmha_modules.prepare.problems import ProblemLog
@@ -69,8 +68,11 @@ def extract_features(
     audio with the extension ``.npy``, or under ``out_dir`` at the list's
     relative path. Multi-channel audio is averaged to mono. Files are done
     in parallel processes; existing features newer than their audio are
-    kept unless ``overwrite``, so an interrupted run resumes. Bad lines are
-    reported together at the end, after every good file is done.
+    kept unless ``overwrite``, so an interrupted run resumes. Bad lines, and
+    files that fail the audio check of every command
+    (:func:`dmha_modules.audio.read_checked_audio`: missing, empty, corrupt,
+    truncated, silent, NaN or Inf samples), are reported together at the end,
+    after every good file is done.
 
     Arguments
     ---------
@@ -94,6 +96,19 @@ def extract_features(
     ------
     BadInputError
         After all good files are done, listing the bad lines.
+
+    Example
+    -------
+    >>> import numpy, soundfile
+    >>> data = getfixture("tmp_path")
+    >>> soundfile.write(data / "a.wav", 0.1 * numpy.ones(1600), 16000)
+    >>> soundfile.write(data / "nan.wav", numpy.full(1600, numpy.nan), 16000, subtype="FLOAT")
+    >>> _ = (data / "files.lst").write_text("a\\nnan\\n")
+    >>> extract_features(str(data / "files.lst"), data_dir=str(data), jobs=1)
+    Traceback (most recent call last):
+    ...
+    dmha_modules.prepare.problems.BadInputError: 1 problem(s) in the input, the features of the other 1 files are written:
+    .../files.lst:2: .../nan.wav: 1600 samples are NaN or infinite
     """
     data_dir = data_dir or os.getcwd()
     log = ProblemLog()
@@ -101,15 +116,12 @@ def extract_features(
     log.raise_if_bad(skip_bad=False)
     tasks = _read_list(list_file, out_dir, data_dir, overwrite, log)
     jobs = jobs or os.cpu_count() or 1
+    failed = 0
     with contextlib.ExitStack() as stack:
         mapper = map
         if jobs > 1 and len(tasks) > 1:
             # "spawn": the caller may run torch threads, which a fork breaks.
-            pool = ProcessPoolExecutor(
-                max_workers=jobs,
-                mp_context=get_context("spawn"),
-                initializer=_worker_init,
-            )
+            pool = worker_pool(jobs, get_context("spawn"), _worker_init)
             chunksize = max(1, min(64, len(tasks) // (jobs * 8)))
             mapper = functools.partial(
                 stack.enter_context(pool).map, chunksize=chunksize
@@ -120,7 +132,10 @@ def extract_features(
         ):
             if error is not None:
                 log.reject(list_file, line_number, error)
-    log.raise_if_bad(skip_bad=False)
+                failed += 1
+    log.raise_if_bad(
+        skip_bad=False, outcome=f"the features of the other {len(tasks) - failed} files are written"
+    )
     return [target for _, _, _, target, _ in tasks]
 
 
@@ -128,7 +143,7 @@ def _read_list(list_file, out_dir, data_dir, overwrite, log):
     """The tasks of the list's good lines: (line, path, suffixes, target, overwrite)."""
     tasks, first_line = [], {}
     for line_number, (entry,) in read_fields(
-        list_file, log, "audio path", 1, keep_rest=True
+        list_file, log, "audio path", 1, spaced="last"
     ):
         path = os.path.join(data_dir, entry)
         if out_dir is not None and relative_path(
@@ -170,26 +185,26 @@ def _extract_one(task):
     # torch only here: listing the files should not pay for importing it.
     import torch
 
-    from dmha_modules.audio import read_audio
+    from dmha_modules.audio import AudioError, read_checked_audio
     from dmha_modules.features import LogMelFeatures
 
     line_number, path, suffixes, target, overwrite = task
     candidates = [path + suffix for suffix in suffixes]
-    audio_path = next((c for c in candidates if os.path.isfile(c)), None)
+    # lexists: a folder or a broken link named like the audio is reported as what it is.
+    audio_path = next((c for c in candidates if os.path.lexists(c)), None)
     if audio_path is None:
         return line_number, audio_not_found(path, suffixes)
     if (
         not overwrite
         and os.path.isfile(target)
+        and os.path.isfile(audio_path)
         and os.path.getmtime(target) >= os.path.getmtime(audio_path)
     ):
         return line_number, None
     try:
-        signal, sample_rate = read_audio(audio_path)
-    except (RuntimeError, soundfile.LibsndfileError) as error:
-        return line_number, f"{audio_path}: unreadable or corrupt audio ({error})"
-    if signal.shape[0] == 0:
-        return line_number, f"{audio_path}: the audio has no samples (zero length)"
+        signal, sample_rate = read_checked_audio(audio_path)
+    except AudioError as error:
+        return line_number, str(error)
     if sample_rate not in _EXTRACTORS:
         _EXTRACTORS[sample_rate] = LogMelFeatures(sample_rate=sample_rate, n_mels=80)
     extractor = _EXTRACTORS[sample_rate]

@@ -15,50 +15,34 @@ Audio handling (``load_utterance``): channels are averaged, the rate is
 converted to the model's, audio shorter than ``MIN_SECONDS`` is repeated up to
 it (a warning says so), long audio is processed in chunks of bounded memory
 (see ``LogMelFeatures`` and ``ConvFrontEnd``). Empty, silent, truncated,
-NaN-holding and non-audio files raise ``AudioError`` naming the file.
+NaN-holding and non-audio files raise ``AudioError`` naming the file
+(:func:`dmha_modules.audio.read_checked_audio`).
+
+Loading a model folder runs what its ``hyperparams.yaml`` names, so these
+classes check it first (:func:`dmha_modules.model_safety.check_hyperparams`)
+unless ``trust_model=True``, and name the folder's file that fails to load.
 """
+
+__all__ = [
+    "AgeClassifier", "AudioError", "DMHAClassifier", "NoEmbeddingNorm", "embed_files",
+    "embed_waveforms", "group_posteriors", "load_utterance",
+]
 
 import concurrent.futures
 import logging
 import os
+import pickle
 
-import soundfile
 import torch
 from speechbrain.inference.classifiers import EncoderClassifier
 from tqdm import tqdm
 
-from dmha_modules.audio import read_audio, resample, wav_bytes_missing
+from dmha_modules.audio import AudioError, audio_info, read_checked_audio, resample
+from dmha_modules.model_safety import ModelFolderError, check_hyperparams, checkpoint_problems
 
 logger = logging.getLogger(__name__)
 
 MIN_SECONDS = 0.25
-
-
-class AudioError(ValueError):
-    """An audio file that cannot be embedded; the message names the file.
-
-    Example
-    -------
-    >>> audio_info("missing.wav")
-    Traceback (most recent call last):
-    ...
-    dmha_modules.inference.AudioError: missing.wav: no such file
-    """
-
-
-def audio_info(path):
-    """``soundfile.info`` of ``path``, or an ``AudioError`` saying what is wrong."""
-    if not os.path.isfile(path):
-        raise AudioError(f"{path}: no such file")
-    if os.path.getsize(path) == 0:
-        raise AudioError(f"{path}: empty file (0 bytes)")
-    try:
-        info = soundfile.info(path)
-    except (RuntimeError, soundfile.LibsndfileError) as error:
-        raise AudioError(f"{path}: not a readable audio file ({error})") from None
-    if info.frames <= 0:
-        raise AudioError(f"{path}: no samples")
-    return info
 
 
 def load_utterance(path, sample_rate, min_seconds=MIN_SECONDS):
@@ -85,7 +69,7 @@ def load_utterance(path, sample_rate, min_seconds=MIN_SECONDS):
 
     Example
     -------
-    >>> import os, tempfile, numpy as np
+    >>> import os, tempfile, numpy as np, soundfile
     >>> path = os.path.join(tempfile.mkdtemp(), "short.wav")
     >>> soundfile.write(path, np.full((4000, 2), 0.1), 8000)  # stereo, 0.5 s
     >>> load_utterance(path, 16000).shape
@@ -94,22 +78,9 @@ def load_utterance(path, sample_rate, min_seconds=MIN_SECONDS):
     >>> load_utterance(path, 16000)
     Traceback (most recent call last):
     ...
-    dmha_modules.inference.AudioError: ...short.wav: silent (every sample is below one 16-bit step)
+    dmha_modules.audio.AudioError: ...short.wav: silent (every sample is below one 16-bit step)
     """
-    info = audio_info(path)
-    missing = wav_bytes_missing(path)
-    if missing:
-        raise AudioError(f"{path}: truncated ({missing} bytes of audio data missing)")
-    try:
-        wav, rate = read_audio(path)
-    except (RuntimeError, soundfile.LibsndfileError) as error:
-        raise AudioError(f"{path}: corrupt audio ({error})") from None
-    if len(wav) < info.frames:
-        raise AudioError(f"{path}: truncated (header says {info.frames} samples, read {len(wav)})")
-    if not bool(torch.isfinite(wav).all()):
-        raise AudioError(f"{path}: {int((~torch.isfinite(wav)).sum())} samples are NaN or infinite")
-    if max(float(wav.max()), -float(wav.min())) < 1 / 32768:
-        raise AudioError(f"{path}: silent (every sample is below one 16-bit step)")
+    wav, rate = read_checked_audio(path)
     if rate != sample_rate:
         wav = resample(wav, rate, sample_rate)
     minimum = int(min_seconds * sample_rate)
@@ -217,7 +188,7 @@ def embed_files(
 
     Example
     -------
-    >>> import os, tempfile, numpy as np
+    >>> import os, tempfile, numpy as np, soundfile
     >>> folder = tempfile.mkdtemp()
     >>> paths = [os.path.join(folder, f"{n}.wav") for n in ("a", "b", "bad")]
     >>> for path, seconds in zip(paths, (1.0, 2.0)):
@@ -327,7 +298,10 @@ class NoEmbeddingNorm(torch.nn.Module):
 class DMHAClassifier(EncoderClassifier):
     """SpeechBrain's ``EncoderClassifier`` with exact padded batches and checked audio.
 
-    Loads any dmha model folder: ``DMHAClassifier.from_hparams(source=folder)``.
+    Loads any dmha model folder: ``DMHAClassifier.from_hparams(source=folder)``,
+    refusing one whose ``hyperparams.yaml`` would run code a dmha model folder
+    never runs (``UnsafeModelError``) unless ``trust_model=True``; a file
+    that fails to load is named in a ``ModelFolderError``.
 
     Example
     -------
@@ -335,6 +309,23 @@ class DMHAClassifier(EncoderClassifier):
     >>> classifier.embed_file("speech.wav").shape                 # doctest: +SKIP
     torch.Size([400])
     """
+
+    @classmethod
+    def from_hparams(cls, source, hparams_file="hyperparams.yaml", overrides=None,
+                     trust_model=False, **kwargs):
+        """SpeechBrain's ``from_hparams`` of a local folder, checked first (see the class)."""
+        path = os.path.join(source, hparams_file)
+        if not os.path.isfile(path):
+            raise ModelFolderError([f"{source}: not a model folder (no {hparams_file})"])
+        if not trust_model:
+            check_hyperparams(path, overrides)
+        try:
+            return super().from_hparams(
+                source, hparams_file=hparams_file, overrides=overrides or {}, **kwargs
+            )
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
+            problems = checkpoint_problems(source, error)
+            raise ModelFolderError(problems) from error
 
     def encode_batch(self, wavs, wav_lens=None, normalize=False):
         """Embeddings ``(B, 1, E)`` of padded waveforms ``(B, samples)`` at the model's rate."""
@@ -370,7 +361,11 @@ class AgeClassifier(DMHAClassifier):
     """Age group, group probabilities and age in years from an age model folder.
 
     Years come from the regression head when the model has one, else from the
-    group probabilities weighted by the training ages' mean of each group.
+    group probabilities weighted by the training ages' mean of each group
+    (for imported models, the group ages given at import). The group is the
+    most probable one, or decided by the original code's rule for models
+    imported from its ``train_ordinal.py`` (then None where that rule
+    reaches no group).
 
     Example
     -------
@@ -404,8 +399,26 @@ class AgeClassifier(DMHAClassifier):
         else:
             centres = torch.tensor(self.hparams.group_centres, device=probabilities.device)
             years = probabilities @ centres
-        groups = [self.groups[i] for i in probabilities.argmax(dim=1).tolist()]
-        return {"groups": groups, "probabilities": probabilities.cpu(), "years": years.cpu()}
+        return {
+            "groups": [self.groups[i] if i >= 0 else None for i in self.decide(scores, probabilities)],
+            "probabilities": probabilities.cpu(),
+            "years": years.cpu(),
+        }
+
+    def decide(self, scores, probabilities):
+        """Group indices: the most probable group, or the folder's ``decision`` rule.
+
+        Folders imported from the original code's ``train_ordinal.py`` say
+        ``decision: ordinal``: its rule (``dmha_modules.original.decide``),
+        which gives -1 (no group) when even the first group's sigmoid is
+        below one half.
+        """
+        decision = getattr(self.hparams, "decision", "argmax")
+        if decision == "argmax":
+            return probabilities.argmax(dim=1).tolist()
+        from dmha_modules.original import decide
+
+        return decide(scores, decision).tolist()
 
     def classify_age_batch(self, wavs, wav_lens=None):
         """``age_from_embeddings`` of a padded batch of waveforms at the model's rate."""

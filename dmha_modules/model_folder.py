@@ -28,6 +28,7 @@ from dmha_modules.model_builder import (
     make_label_encoder,
     read_manifest,
 )
+from dmha_modules.model_safety import check_hyperparams, read_checkpoint
 
 MODEL_CHECKPOINTS = ("embedding_model", "classifier", "age_head")
 
@@ -51,7 +52,9 @@ def model_hyperparams(modules, embedding, task, age_decoding=None, verification_
     task : str
         ``"age"`` or ``"speaker"``.
     age_decoding : dict, optional
-        Age models: ``group_posteriors``, ``score_scale``, ``group_centres``.
+        Age models: ``group_posteriors``, ``score_scale``, ``group_centres``
+        and, for models of the original code, ``decision`` (see
+        ``AgeClassifier``).
     verification_threshold : float, optional
         Cosine above which two utterances are called the same speaker.
 
@@ -79,7 +82,8 @@ def model_hyperparams(modules, embedding, task, age_decoding=None, verification_
         extra += (
             "# Age: group probabilities from the classifier's scores; years from the\n"
             "# years head when there is one, else the probabilities times group_centres\n"
-            "# (the training ages' mean per group, in class order).\n"
+            "# (the training ages' mean per group, in class order). decision: ordinal is\n"
+            "# the original code's train_ordinal.py rule (absent: the most probable group).\n"
             + yaml.safe_dump(age_decoding, default_flow_style=None, sort_keys=False)
         )
     mods = ["compute_features", "mean_var_norm", "embedding_model", "mean_var_norm_emb",
@@ -93,7 +97,8 @@ verification_threshold: {"null" if verification_threshold is None else verificat
 compute_features: {yaml_new("dmha_modules.features.LogMelFeatures", {
         "sample_rate": features.sample_rate,
         "n_mels": int(features.mel_filters.shape[1]),
-        "hop_length_ms": 1000 * features.hop_length / features.sample_rate})}
+        "hop_length_ms": 1000 * features.hop_length / features.sample_rate,
+        "framing": features.framing})}
 mean_var_norm: {yaml_new("dmha_modules.features.UtteranceNorm", {
         "std_norm": modules["mean_var_norm"].std_norm})}
 embedding_model: {yaml_new(*embedding)}
@@ -133,8 +138,10 @@ def model_card(task, embedding, data, metrics, configuration):
 def check_model_folder(folder, modules, sample):
     """Loads ``folder`` as SpeechBrain would and checks it against ``modules``.
 
-    Every saved key must exist in the rebuilt modules and vice versa, and
-    ``sample``'s embedding must match the one of ``modules`` to cosine 0.9999.
+    Its ``hyperparams.yaml`` must pass the safety check that loading a
+    folder one did not write takes (``check_hyperparams``), every saved key
+    must exist in the rebuilt modules and vice versa, and ``sample``'s
+    embedding must match the one of ``modules`` to cosine 0.9999.
 
     Returns
     -------
@@ -143,6 +150,7 @@ def check_model_folder(folder, modules, sample):
     """
     from speechbrain.inference.classifiers import EncoderClassifier
 
+    check_hyperparams(os.path.join(folder, "hyperparams.yaml"))
     loaded_dir = os.path.join(folder, ".loaded")
     loaded = EncoderClassifier.from_hparams(source=os.path.abspath(folder), savedir=loaded_dir)
     for name in MODEL_CHECKPOINTS:
@@ -254,7 +262,25 @@ def write_model_folder(
 
 
 def experiment_card(hparams, label_encoder, metrics):
-    """``card`` of ``write_model_folder`` for a training experiment."""
+    """``card`` of ``write_model_folder`` for a training experiment.
+
+    The data section says what the test figures were measured on: the test
+    manifest (the validation one for labels files, which have no test
+    split) and, for speakers, the trial list or random pairs of held-out
+    speakers (``test_metrics.json``'s ``test_manifest`` and ``trial_list``).
+
+    Example
+    -------
+    >>> from speechbrain.dataio.encoder import CategoricalEncoder
+    >>> encoder = CategoricalEncoder()
+    >>> encoder.update_from_iterable(["id1", "id2"])
+    >>> hparams = {"task": "speaker", "source": "voxceleb", "data_folder": "vox",
+    ...            "manifest_folder": "out/manifests"}
+    >>> metrics = {"eer": 0.1, "trials": 3, "test_manifest": "out/manifests/test.csv",
+    ...            "trial_list": ["vox/veri_test2.txt"]}
+    >>> print(experiment_card(hparams, encoder, metrics)["data"])
+    Trained by `recipes/train.py` (source `voxceleb`) on `vox` (manifests in `out/manifests`), 2 training speakers. Test metrics: the 3 trials of the trial list `vox/veri_test2.txt` (utterances of `out/manifests/test.csv`).
+    """
     configuration = {
         key: hparams[key]
         for key in ("embedding", "front_end", "channels", "pooling", "heads", "mask_prob",
@@ -263,9 +289,19 @@ def experiment_card(hparams, label_encoder, metrics):
         if key in hparams
     }
     noun = "age groups" if hparams["task"] == "age" else "training speakers"
-    data = (f"Trained by `recipes/train.py` on `{hparams['data_folder']}` "
-            f"(manifests in `{hparams['manifest_folder']}`), {len(label_encoder)} {noun}. "
-            "Metrics are on the held-out test speakers.")
+    test = metrics.get("test_manifest")
+    where = f"`{test}`" if test else "the held-out test split"
+    if hparams["task"] == "age":
+        tested = f"the utterances of {where}"
+    elif metrics.get("trial_list"):
+        files = " + ".join(f"`{path}`" for path in metrics["trial_list"])
+        tested = (f"the {metrics.get('trials', 'given')} trials of the trial list {files} "
+                  f"(utterances of {where})")
+    else:
+        tested = f"{metrics.get('trials', 'the')} random pairs of the utterances of {where}"
+    data = (f"Trained by `recipes/train.py` (source `{hparams.get('source', 'kaldi')}`) on "
+            f"`{hparams['data_folder']}` (manifests in `{hparams['manifest_folder']}`), "
+            f"{len(label_encoder)} {noun}. Test metrics: {tested}.")
     return {"data": data, "metrics": metrics, "configuration": configuration}
 
 
@@ -341,11 +377,13 @@ def noise_sample(sample_rate):
     return 0.1 * torch.randn(3 * sample_rate, generator=generator)
 
 
-def export_experiment(experiment, out=None):
+def export_experiment(experiment, out=None, trust_model=False):
     """Writes the model folder of a training output folder's best checkpoint.
 
     The model is rebuilt from the folder's ``hyperparams.yaml`` as
-    ``recipes/train.py`` built it, and the best checkpoint by the YAML's
+    ``recipes/train.py`` built it (after the safety check of
+    :func:`dmha_modules.model_safety.check_hyperparams`, unless
+    ``trust_model``), and the best checkpoint by the YAML's
     ``selection_metric`` is loaded strictly (a missing or unexpected key is
     an error, not random weights).
 
@@ -355,6 +393,8 @@ def export_experiment(experiment, out=None):
         ``output_folder`` of a ``recipes/train.py`` run (it may have moved).
     out : str, optional
         The model folder; default ``<experiment>/model``.
+    trust_model : bool
+        Load the YAML without the safety check.
 
     Returns
     -------
@@ -374,6 +414,8 @@ def export_experiment(experiment, out=None):
         "save_folder": os.path.join(experiment, "save"),
         "manifest_folder": os.path.join(experiment, "manifests"),
     }
+    if not trust_model:
+        check_hyperparams(path, overrides)
     with open(path, encoding="utf-8") as f:
         hparams = load_hyperpyyaml(f, overrides)
     label_encoder = make_label_encoder(hparams)
@@ -387,8 +429,7 @@ def export_experiment(experiment, out=None):
     if checkpoint is None:
         raise FileNotFoundError(f"{hparams['save_folder']}: no checkpoint to export")
     for name, module in trained.items():
-        state = torch.load(checkpoint.paramfiles[name], map_location="cpu", weights_only=True)
-        module.load_state_dict(state, strict=True)
+        module.load_state_dict(read_checkpoint(checkpoint.paramfiles[name]), strict=True)
     return write_experiment_model(
         hparams, modules, label_encoder, age_decoding, saved_test_metrics(hparams), out
     )

@@ -137,8 +137,8 @@ def test_bad_lines_are_reported_and_the_others_complete_in_parallel(
     err = capsys.readouterr().err
     expected = {
         5: "audio file not found",
-        6: "unreadable or corrupt",
-        7: "unreadable or corrupt",
+        6: "not a readable audio file",
+        7: "empty file (0 bytes)",
         8: "too short",
         9: "no samples",
         10: "duplicate entry 'spk1/a.wav' (first on line 1)",
@@ -158,6 +158,40 @@ def test_bad_lines_are_reported_and_the_others_complete_in_parallel(
         "spk1",
         "spk2",
     ]
+
+
+def test_nan_and_inf_audio_is_refused_and_the_message_says_what_was_written(
+    audio_list, tmp_path, capsys
+):
+    """The audio check of ``dmha embed``; the good files' features are written."""
+    data, listing, signals = audio_list
+    samples = 0.1 * numpy.ones(4000)
+    samples[[7, 900]] = [numpy.nan, numpy.inf]
+    (data / "bad").mkdir()
+    soundfile.write(data / "bad/nan.wav", samples, 16000, subtype="FLOAT")
+    with open(listing, "a", encoding="utf-8") as lines:
+        lines.write("bad/nan\n")
+    out = tmp_path / "features"
+    status = cli.main(["features", "-i", str(listing), "--data_dir", str(data),
+                       "--out_dir", str(out), "--jobs", "1"])
+    assert status == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("dmha")]
+    assert err[0] == ("dmha: 1 problem(s) in the input, the features of the other 3 files "
+                      "are written:")
+    assert err[1] == f"dmha: {listing}:5: {data / 'bad/nan.wav'}: 2 samples are NaN or infinite"
+    assert len(err) == 2 and "skip-bad" not in err[0]
+    assert not (out / "bad/nan.npy").exists()
+    for rel, (signal, rate) in signals.items():
+        check_features(out / f"{rel}.npy", signal, rate)
+
+
+def test_list_with_a_bom_and_paths_with_spaces(tmp_path):
+    data = tmp_path / "data"
+    signal = write_audio(data / "my speaker/first take.wav", 4000)
+    listing = data / "files.lst"
+    listing.write_text("\ufeffmy speaker/first take\n", encoding="utf-8")
+    assert cli.main(["features", "-i", str(listing), "--data_dir", str(data), "--jobs", "1"]) == 0
+    check_features(data / "my speaker/first take.npy", signal, 16000)
 
 
 def test_missing_list_file(tmp_path, capsys):

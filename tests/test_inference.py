@@ -15,7 +15,8 @@ import soundfile
 import torch
 import torchaudio
 
-from dmha_modules.audio import resample
+from dmha_modules import audio
+from dmha_modules.audio import read_audio, resample
 from dmha_modules.inference import MIN_SECONDS, AudioError, load_utterance
 
 # ---------------------------------------------------------------- signals
@@ -51,6 +52,12 @@ def write_bad_files(folder):
     soundfile.write(folder / "cut.flac", 0.1 * rng.standard_normal(32000), 16000)
     os.truncate(folder / "cut.flac", os.path.getsize(folder / "cut.flac") // 2)
     (folder / "text.wav").write_text("id path\nnot audio at all\n" * 20, encoding="utf-8")
+    with_inf = 0.1 * rng.standard_normal(16000)
+    with_inf[[3, 4]] = [np.inf, -np.inf]
+    soundfile.write(folder / "inf.wav", with_inf, 16000, subtype="FLOAT")
+    (folder / "folder.wav").mkdir()
+    os.symlink(folder / "loop.wav", folder / "loop.wav")
+    os.symlink(folder / "gone.wav", folder / "broken.wav")
     return {
         folder / "empty.wav": "empty file (0 bytes)",
         folder / "zero.wav": "no samples",
@@ -59,6 +66,10 @@ def write_bad_files(folder):
         folder / "truncated.wav": "truncated (1000 bytes of audio data missing)",
         folder / "cut.flac": "corrupt audio",
         folder / "text.wav": "not a readable audio file",
+        folder / "inf.wav": "2 samples are NaN or infinite",
+        folder / "folder.wav": "a folder, not an audio file",
+        folder / "loop.wav": "symbolic link loop",
+        folder / "broken.wav": "broken symbolic link",
         folder / "missing.wav": "no such file",
     }
 
@@ -66,11 +77,11 @@ def write_bad_files(folder):
 # ---------------------------------------------------------------- load_utterance
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["empty.wav", "zero.wav", "silent.wav", "nan.wav", "truncated.wav", "cut.flac",
-     "text.wav", "missing.wav"],
-)
+BAD_NAMES = ["empty.wav", "zero.wav", "silent.wav", "nan.wav", "truncated.wav", "cut.flac",
+             "text.wav", "inf.wav", "folder.wav", "loop.wav", "broken.wav", "missing.wav"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
 def test_bad_audio_raises_an_error_naming_the_file_and_the_problem(tmp_path, name):
     expected = {path.name: words for path, words in write_bad_files(tmp_path).items()}
     path = tmp_path / name
@@ -134,3 +145,21 @@ def test_resampling_in_pieces_equals_one_pass(rate, seconds, extra, piece_second
     one_pass = torchaudio.functional.resample(wav, rate, 16000)
     assert pieces.shape == one_pass.shape
     torch.testing.assert_close(pieces, one_pass, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("channels", [2, 6])
+def test_multichannel_audio_is_down_mixed_in_blocks_as_in_one_pass(tmp_path, monkeypatch,
+                                                                   channels):
+    monkeypatch.setattr(audio, "_BLOCK_FRAMES", 1000)  # several blocks and a partial one
+    rng = np.random.default_rng(channels)
+    path = tmp_path / "many.wav"
+    soundfile.write(path, 0.1 * rng.standard_normal((4321, channels)), 48000, subtype="FLOAT")
+    whole = soundfile.read(path, dtype="float32", always_2d=True)[0].mean(axis=1)
+    wav, rate = read_audio(str(path))
+    assert rate == 48000 and wav.dtype == torch.float32
+    np.testing.assert_array_equal(wav.numpy(), whole)
+    part, _ = read_audio(str(path), start=1500, stop=3700)
+    np.testing.assert_array_equal(part.numpy(), whole[1500:3700])
+    resampled, _ = read_audio(str(path), sample_rate=16000)
+    expected = torchaudio.functional.resample(torch.from_numpy(whole), 48000, 16000)
+    torch.testing.assert_close(resampled, expected, rtol=0, atol=1e-6)

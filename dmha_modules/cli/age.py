@@ -7,8 +7,8 @@ bad files are reported and left out.
 import csv
 
 from dmha_modules.atomic import write_atomic
-from dmha_modules.cli.errors import InputError, batch_status, report_skipped
-from dmha_modules.cli.inputs import check_out_folder, load_model, read_audio_inputs
+from dmha_modules.cli.errors import InputError, batch_status, report_skipped, require_output
+from dmha_modules.cli.inputs import check_writable, load_model, read_audio_inputs
 from dmha_modules.cli.options import add_command, audio_input_options, model_options, out_option
 from dmha_modules.inference import AgeClassifier, AudioError
 
@@ -26,7 +26,7 @@ def register(commands):
 
 def _classify(args, paths):
     """The age model's groups and ``{index: age dict or AudioError}`` of ``paths``."""
-    with load_model(args.model, args.device, AgeClassifier) as model:
+    with load_model(args.model, args.device, AgeClassifier, args.trust_model) as model:
         task = getattr(model.hparams, "task", None)
         if task != "age":
             raise InputError(f"{args.model}: not an age model (task: {task})")
@@ -38,7 +38,7 @@ def _classify(args, paths):
 
 def run(args):
     """Writes the ages of the good files."""
-    check_out_folder(args.out)
+    check_writable(args.out, parent_must_exist=True)
     ids, paths = read_audio_inputs(args)
     groups, results = _classify(args, paths)
     rows = [["id", "path", "age_group", "age_years"] + [f"p_{g}" for g in groups]]
@@ -51,5 +51,6 @@ def run(args):
             continue
         rows.append([utterance, path, age["group"], f"{age['years']:.2f}"]
                     + [f"{age['probabilities'][g]:.4f}" for g in groups])
+    require_output(len(rows) - 1, args.out)
     write_atomic(args.out, lambda out: csv.writer(out).writerows(rows))
     return batch_status(f"{len(paths) - failed} ages written to {args.out}", failed)

@@ -7,9 +7,9 @@ folder's ``embedding.onnx`` (``dmha export --onnx``) with ONNX Runtime.
 
 import os
 
-from dmha_modules.cli.errors import InputError, batch_status
+from dmha_modules.cli.errors import InputError, batch_status, require_output
 from dmha_modules.cli.inputs import (
-    check_out_folder,
+    check_writable,
     embed_paths,
     load_model,
     read_audio_inputs,
@@ -51,15 +51,16 @@ def _onnx_session(folder):
 
 def run(args):
     """Embeds the audio and writes the embeddings of the good files."""
-    check_out_folder(args.out)
+    check_writable(args.out, parent_must_exist=True)
     ids, paths = read_audio_inputs(args)
     try:
         check_output(args.out, ids)  # before the work, not after it
     except ValueError as error:
         raise InputError(str(error)) from None
-    with load_model(args.model, args.device) as model:
+    with load_model(args.model, args.device, trust_model=args.trust_model) as model:
         session = _onnx_session(args.model) if args.onnx else None
         embeddings, failed = embed_paths(model, paths, args, session)
     keep = [i for i in range(len(paths)) if i not in failed]
+    require_output(len(keep), args.out)
     written = write_embeddings(args.out, [ids[i] for i in keep], embeddings[keep])
     return batch_status(f"{len(keep)} embeddings written to {', '.join(written)}", len(failed))

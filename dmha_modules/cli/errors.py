@@ -2,7 +2,9 @@
 
 - 0: done.
 - 1: input problems: bad or missing files, a corpus that failed its checks,
-  a download that failed. Each problem is one ``dmha: ...`` line on stderr.
+  a model folder refused or unreadable, an output that cannot be written, a
+  download that failed. Each problem is one ``dmha: ...`` line on stderr,
+  naming its file; never a traceback.
   The batch verbs (``embed``, ``age``, ``score``) still process the good
   files, report each bad one as ``dmha: skipped <file>: <problem>`` and
   exit 1.
@@ -24,9 +26,11 @@ dmha: a.lst:2: expected 'path' or 'id path'
 dmha: b.lst: no such file
 """
 
+import pickle
 import sys
 
 from dmha_modules.inference import AudioError
+from dmha_modules.model_safety import ModelFolderError
 from dmha_modules.original import OriginalFormatError
 from dmha_modules.prepare import BadInputError, DownloadError
 
@@ -54,7 +58,8 @@ class InputError(Exception):
 
 # Input problems of every kind the verbs meet; any other ValueError is an option value.
 INPUT_PROBLEMS = (
-    InputError, BadInputError, DownloadError, AudioError, OriginalFormatError, OSError
+    InputError, BadInputError, DownloadError, AudioError, OriginalFormatError, ModelFolderError,
+    OSError, pickle.UnpicklingError,
 )
 
 
@@ -75,8 +80,7 @@ def exit_status(run, args):
     try:
         return run(args)
     except INPUT_PROBLEMS as error:
-        problems = error.problems if isinstance(error, InputError) else [str(error)]
-        for problem in problems:
+        for problem in str(error).splitlines():  # one problem a line, each prefixed
             print(f"dmha: {problem}", file=sys.stderr)
         return 1
     except ValueError as error:  # option values the function refuses
@@ -87,6 +91,22 @@ def exit_status(run, args):
 def report_skipped(error):
     """Reports a file a batch verb skipped: ``dmha: skipped <file>: <problem>``."""
     print(f"dmha: skipped {error}", file=sys.stderr)
+
+
+def require_output(count, out):
+    """Refuses to replace ``out`` with an empty output: no input could be used.
+
+    Example
+    -------
+    >>> require_output(0, "emb.npz")
+    Traceback (most recent call last):
+    ...
+    dmha_modules.cli.errors.InputError: emb.npz: not written: no input could be used (an existing emb.npz is left as it was)
+    """
+    if not count:
+        raise InputError(
+            f"{out}: not written: no input could be used (an existing {out} is left as it was)"
+        )
 
 
 def batch_status(summary, skipped, what="files failed"):

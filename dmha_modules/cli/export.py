@@ -9,8 +9,8 @@ waveforms and lengths to embeddings, checked against PyTorch.
 import os
 
 from dmha_modules.cli.errors import InputError
-from dmha_modules.cli.inputs import load_model
-from dmha_modules.cli.options import add_command, option
+from dmha_modules.cli.inputs import check_writable, load_model
+from dmha_modules.cli.options import add_command, option, trust_model_option
 
 
 def register(commands):
@@ -28,25 +28,28 @@ def register(commands):
     option(parser, "out", help="model folder to write; by default <experiment>/model")
     option(parser, "onnx", action="store_true",
            help="also write embedding.onnx: waveforms and lengths -> embeddings")
+    trust_model_option(parser)
 
 
-def _export_experiment(experiment, out):
+def _export_experiment(args):
     """The model folder of a training output folder; the folder's problems are input errors."""
     from dmha_modules.model_folder import export_experiment  # builds the recipe's model
 
+    check_writable(args.out or os.path.join(args.experiment, "model"), folder=True)
     try:
-        folder, cosine = export_experiment(experiment, out)
-    except ValueError as error:  # such as a model without a classifier
+        folder, cosine = export_experiment(args.experiment, args.out, args.trust_model)
+    except ValueError as error:  # a model without a classifier, a refused YAML
         raise InputError(str(error)) from None
     print(f"{folder}: written; reloads strictly, cosine {cosine:.6f} to the trained model")
     return folder
 
 
-def _export_onnx(folder):
+def _export_onnx(folder, trust_model):
     from dmha_modules.onnx_export import export_onnx  # the ONNX packages: an optional extra
 
-    with load_model(folder, "cpu") as model:
-        path = os.path.join(folder, "embedding.onnx")
+    path = os.path.join(folder, "embedding.onnx")
+    check_writable(path)
+    with load_model(folder, "cpu", trust_model=trust_model) as model:
         export_onnx(model.mods.compute_features, model.mods.mean_var_norm,
                     model.mods.embedding_model, path)
     print(f"{path}: written and checked against PyTorch")
@@ -55,11 +58,11 @@ def _export_onnx(folder):
 def run(args):
     """Writes the model folder and, with ``--onnx``, its ONNX graph."""
     if args.experiment:
-        folder = _export_experiment(args.experiment, args.out)
+        folder = _export_experiment(args)
     elif not args.onnx:
         raise InputError("--model only adds ONNX to a model folder: pass --onnx")
     else:
         folder = args.model
     if args.onnx:
-        _export_onnx(folder)
+        _export_onnx(folder, args.trust_model)
     return 0

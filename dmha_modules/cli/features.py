@@ -3,6 +3,7 @@
 Every option is an argument of :func:`dmha_modules.feature_files.extract_features`.
 """
 
+from dmha_modules.cli.inputs import check_writable
 from dmha_modules.cli.options import add_command, function_arguments, option
 from dmha_modules.feature_files import extract_features
 
@@ -25,6 +26,8 @@ def register(commands):
 
 def run(args):
     """Extracts the features; prints how many files were written."""
+    if getattr(args, "out_dir", None):  # next to the audio, each file's folder is its own check
+        check_writable(args.out_dir, folder=True)
     outputs = extract_features(**function_arguments(args))
     print(f"{len(outputs)} feature files written")
     return 0

@@ -5,7 +5,8 @@ The original is the research code of the Double Multi-Head Attention paper.
 Every option is an argument of :func:`dmha_modules.original.import_original`.
 """
 
-from dmha_modules.cli.options import add_command, function_arguments, option
+from dmha_modules.cli.inputs import check_writable
+from dmha_modules.cli.options import add_command, comma_list, function_arguments, option
 from dmha_modules.original import import_original
 
 
@@ -22,10 +23,21 @@ def register(commands):
     option(parser, "config", required=True, help="the original's _config.pkl file")
     option(parser, "out", required=True, help="model folder to write")
     option(parser, "sample_rate", type=int, help="sample rate the model was trained at")
+    option(parser, "task", choices=("age", "speaker"),
+           help="what the classes are; by default as the settings say (the age variant's "
+           "have a criterion)")
+    option(parser, "groups", type=comma_list(str),
+           help="class names in class order, comma-separated, e.g. "
+           "twenties,thirties,fourties,fifties,sixties,seventies; by default the age "
+           "variant's names for 6 or 9 classes, else 0..C-1")
+    option(parser, "group_ages", type=comma_list(float),
+           help="age models: years of each group, comma-separated; by default the "
+           "middle of decade-named groups (twenties: 25)")
 
 
 def run(args):
     """Converts the model; prints how closely the folder reproduces it."""
+    check_writable(args.out, folder=True)
     folder, cosine = import_original(**function_arguments(args))
     print(f"{folder}: written; reloads strictly, cosine {cosine:.6f} to the converted model")
     return 0

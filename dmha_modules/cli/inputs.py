@@ -2,18 +2,20 @@
 
 Audio is named as files on the command line (ids: the paths without
 extension), a ``--list`` (``path`` or ``id path`` per line, Kaldi
-``wav.scp`` style) or a ``--folder`` (ids: the paths below it without
-extension). Problems found before any work stop the verb with every one
-listed; a file that fails while being embedded is reported and skipped.
+``wav.scp`` style: everything after the id is the path, spaces included) or
+a ``--folder`` (ids: the paths below it without extension). Problems found
+before any work (bad lists, a model folder refused or unreadable, an output
+that cannot be written) stop the verb with every one listed; a file that
+fails while being embedded is reported and skipped.
 
 Example
 -------
 >>> import argparse, os, tempfile
 >>> folder = tempfile.mkdtemp()
 >>> listing = os.path.join(folder, "wav.scp")
->>> _ = open(listing, "w").write("utt1 a.wav\\nb.flac\\n")
+>>> _ = open(listing, "w").write("\\ufeffutt1 a.wav\\nb.flac\\nutt3 my file.wav\\n")
 >>> read_audio_inputs(argparse.Namespace(inputs=["c.wav"], list_file=listing, folder=None))
-(['c', 'utt1', 'b'], ['c.wav', 'a.wav', 'b.flac'])
+(['c', 'utt1', 'b', 'utt3'], ['c.wav', 'a.wav', 'b.flac', 'my file.wav'])
 """
 
 import contextlib
@@ -28,29 +30,60 @@ from dmha_modules import inference
 from dmha_modules.inference import AudioError, DMHAClassifier
 
 
-def check_out_folder(path):
-    """Refuses an output whose folder does not exist, before any work is done."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise InputError(f"{path}: the folder {folder} does not exist")
+def check_writable(path, folder=False, parent_must_exist=False):
+    """Refuses, before any work, an output that cannot be written.
+
+    A file is created and removed where the output would go (the nearest
+    existing folder above it), so a read-only folder, a full quota or a file
+    in the way is found before hours of work rather than after.
+
+    Arguments
+    ---------
+    path : str
+        The output file (or folder, with ``folder``).
+    folder : bool
+        The output is a folder (it may exist; files are written inside it).
+    parent_must_exist : bool
+        Refuse an output whose folder does not exist (rather than create it).
+
+    Example
+    -------
+    >>> in_the_way = tempfile.mkstemp()[1]
+    >>> check_writable(os.path.join(in_the_way, "emb.npz"))
+    Traceback (most recent call last):
+    ...
+    dmha_modules.cli.errors.InputError: /.../emb.npz: cannot be created: /... is a file
+    """
+    path = os.path.abspath(path)
+    if os.path.isdir(path) != folder and os.path.exists(path):
+        raise InputError(f"{path}: is {'a file' if folder else 'a folder'}; "
+                         f"give {'a folder' if folder else 'a file name'}")
+    parent = os.path.dirname(path)
+    if parent_must_exist and not os.path.isdir(parent):
+        raise InputError(f"{path}: the folder {parent} does not exist")
+    existing = path if folder else parent
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise InputError(f"{path}: cannot be created: {existing} is a file")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".dmha-probe-", dir=existing)
+    except OSError as error:
+        raise InputError(f"{path}: cannot be written in {existing} ({error.strerror})") from None
+    os.close(handle)
+    os.remove(probe)
 
 
 def _listed(list_file):
-    """``(id, path)`` of a ``--list`` file; every bad line is an ``InputError``."""
-    entries, problems = [], []
-    with open(list_file, encoding="utf-8") as listing:
-        for number, line in enumerate(listing, 1):
-            fields = line.split()
-            if len(fields) > 2:
-                problems.append(
-                    f"{list_file}:{number}: expected 'path' or 'id path', "
-                    f"got {len(fields)} fields"
-                )
+    """``(id, path)`` of a ``--list`` file: ``path`` or ``id path...`` (the rest of the line)."""
+    entries = []
+    with open(list_file, encoding="utf-8-sig") as listing:  # -sig: a leading BOM is no id
+        for line in listing:
+            fields = line.strip().split(maxsplit=1)
+            if len(fields) == 2:
+                entries.append((fields[0], fields[1]))
             elif fields:
-                utterance = fields[0] if len(fields) == 2 else os.path.splitext(fields[0])[0]
-                entries.append((utterance, fields[-1]))
-    if problems:
-        raise InputError(*problems)
+                entries.append((os.path.splitext(fields[0])[0], fields[0]))
     return entries
 
 
@@ -96,8 +129,11 @@ def read_audio_inputs(args):
 
 
 @contextlib.contextmanager
-def load_model(folder, device, cls=DMHAClassifier):
+def load_model(folder, device, cls=DMHAClassifier, trust_model=False):
     """A model folder loaded with ``cls`` (its files linked into a temporary folder).
+
+    Its ``hyperparams.yaml`` is checked first (see
+    :func:`dmha_modules.model_safety.check_hyperparams`) unless ``trust_model``.
 
     Arguments
     ---------
@@ -107,16 +143,17 @@ def load_model(folder, device, cls=DMHAClassifier):
         Torch device.
     cls : type
         ``DMHAClassifier`` or a subclass.
+    trust_model : bool
+        Load it without the check (``--trust_model``).
 
     Yields
     ------
     DMHAClassifier
     """
-    if not os.path.exists(os.path.join(folder, "hyperparams.yaml")):
-        raise InputError(f"{folder}: not a model folder (no hyperparams.yaml)")
     with tempfile.TemporaryDirectory(prefix="dmha-model-") as savedir:
         yield cls.from_hparams(
-            source=os.path.abspath(folder), savedir=savedir, run_opts={"device": device}
+            source=os.path.abspath(folder), savedir=savedir, run_opts={"device": device},
+            trust_model=trust_model,
         )
 
 

@@ -75,6 +75,11 @@ def _shown(default):
     return str(default).replace("%", "%%")
 
 
+def comma_list(cast):
+    """An option type: "a,b,c" -> a tuple of ``cast`` values."""
+    return lambda text: tuple(cast(item) for item in text.split(",") if item)
+
+
 def option(parser, name, *flags, help, **kwargs):
     """Adds ``--name`` (also ``--name-with-hyphens``) to a verb's parser.
 
@@ -129,9 +134,17 @@ def function_arguments(args):
     return {name: value for name, value in vars(args).items() if name not in _DISPATCH}
 
 
+def trust_model_option(parser):
+    """``--trust_model``: load a model folder whose YAML the safety check refuses."""
+    option(parser, "trust_model", action="store_true",
+           help="load the model folder even if its hyperparams.yaml names code that a dmha "
+           "folder never runs (it is checked otherwise): only for folders you trust")
+
+
 def model_options(parser):
-    """``--model`` (a model folder) and ``--device``."""
+    """``--model`` (a model folder), ``--trust_model`` and ``--device``."""
     option(parser, "model", required=True, help="model folder (hyperparams.yaml, *.ckpt)")
+    trust_model_option(parser)
     option(
         parser,
         "device",

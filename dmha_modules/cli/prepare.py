@@ -13,18 +13,14 @@ Example
 ('prepare_voxceleb', {'data_folder': 'vox', 'save_folder': 'out', 'seed': 7})
 """
 
-from dmha_modules.cli.options import add_command, function_arguments, option
+from dmha_modules.cli.inputs import check_writable
+from dmha_modules.cli.options import add_command, comma_list, function_arguments, option
 from dmha_modules.prepare import (
     prepare_commonvoice,
     prepare_kaldi,
     prepare_labels_file,
     prepare_voxceleb,
 )
-
-
-def _comma_list(cast):
-    """Parses "a,b,c" into a tuple of ``cast`` values."""
-    return lambda text: tuple(cast(item) for item in text.split(",") if item)
 
 
 def _negation(parser, name, dest, const, help):
@@ -76,9 +72,9 @@ def _kaldi(sources):
                      split_without="a test dir")
     option(parser, "train_dir", help="train data dir in --data_folder")
     option(parser, "test_dir", help="test data dir in --data_folder, if any")
-    option(parser, "age_bins", type=_comma_list(float),
+    option(parser, "age_bins", type=comma_list(float),
            help="age-group edges in years, comma-separated")
-    option(parser, "age_groups", type=_comma_list(str),
+    option(parser, "age_groups", type=comma_list(str),
            help="age-group names, comma-separated, one more than the edges")
     option(parser, "download_url",
            help="where to download speechocean762 when --data_folder is absent")
@@ -116,6 +112,7 @@ def register(commands):
 
 def run(args):
     """Prepares the source; prints each output written."""
+    check_writable(args.save_folder, folder=True)
     outputs = args.function(**function_arguments(args))
     for name, path in outputs.items():
         print(f"{name}: {path}")

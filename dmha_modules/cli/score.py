@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from dmha_modules.atomic import write_atomic
-from dmha_modules.cli.errors import InputError, batch_status
-from dmha_modules.cli.inputs import check_out_folder, embed_paths, load_model
+from dmha_modules.cli.errors import InputError, batch_status, require_output
+from dmha_modules.cli.inputs import check_writable, embed_paths, load_model
 from dmha_modules.cli.options import (
     add_command,
     batching_options,
@@ -57,7 +57,7 @@ def _trials(path, data_root):
 
 def _cohort(model, args):
     """Embeddings ``(C, E)`` of the good ``--cohort`` files."""
-    with open(args.cohort, encoding="utf-8") as listing:
+    with open(args.cohort, encoding="utf-8-sig") as listing:
         paths = [line.strip() for line in listing if line.strip()]
     cohort, failed = embed_paths(model, paths, args)
     cohort = np.delete(cohort, failed, axis=0)
@@ -83,17 +83,18 @@ def _print_metrics(scores, labels, args):
 
 def run(args):
     """Scores the trials whose files embed; writes the scores, prints the metrics."""
-    check_out_folder(args.out)
+    for out in filter(None, (args.out, args.plot)):
+        check_writable(out, parent_must_exist=True)
     trials = _trials(args.trials, args.data_root)
     paths = sorted({path for enrol, test, _ in trials for path in (enrol, test)})
     index = {path: i for i, path in enumerate(paths)}
-    with load_model(args.model, args.device) as model:
+    with load_model(args.model, args.device, trust_model=args.trust_model) as model:
         embeddings, failed = embed_paths(model, paths, args)
         cohort = _cohort(model, args) if args.cohort else None
     bad = set(failed)
     kept = [t for t in trials if index[t[0]] not in bad and index[t[1]] not in bad]
+    require_output(len(kept), args.out)
     pairs = torch.tensor([(index[e], index[t]) for e, t, _ in kept], dtype=torch.long)
-    pairs = pairs.reshape(-1, 2)  # (0, 2), not (0,), when every trial was skipped
     embeddings = torch.from_numpy(embeddings)
     if cohort is None:
         scores = cosine_scores(embeddings, pairs)

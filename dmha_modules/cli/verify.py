@@ -26,7 +26,7 @@ def register(commands):
 
 def run(args):
     """Prints the score, the threshold and the decision."""
-    with load_model(args.model, args.device) as model:
+    with load_model(args.model, args.device, trust_model=args.trust_model) as model:
         threshold = args.threshold
         if threshold is None:
             threshold = getattr(model.hparams, "verification_threshold", None)

@@ -117,7 +117,7 @@ def prepare_commonvoice(
 def _read_table(path, log):
     """Reads one Common Voice TSV into rows; returns them and the count without age."""
     rows, without_age = [], 0
-    with open(path, encoding="utf-8", newline="") as table:
+    with open(path, encoding="utf-8-sig", newline="") as table:
         # Sentences hold quotes: Common Voice does not quote its fields.
         reader = csv.reader(table, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(reader, [])

@@ -148,13 +148,17 @@ def prepare_kaldi(
     )
 
 
+# Ages a speaker can have, in years; anything else is a typo or another unit.
+AGE_RANGE = (0, 120)
+
+
 def _parse_age(text):
-    """Returns ``text`` as an age in years, or None when it is not one."""
+    """Returns ``text`` as an age in years, or None when it is not a plausible one."""
     try:
         age = float(text)
     except ValueError:
         return None
-    return age if math.isfinite(age) and age >= 0 else None
+    return age if math.isfinite(age) and AGE_RANGE[0] <= age <= AGE_RANGE[1] else None
 
 
 def _parse_gender(text):
@@ -167,7 +171,7 @@ _SPEAKER_TABLES = (
         "spk2age",
         "SPEAKER AGE",
         _parse_age,
-        "is not an age: ages must be numbers (years)",
+        "is not an age: ages must be numbers of years from {} to {}".format(*AGE_RANGE),
     ),
     ("spk2gender", "SPEAKER m|f", _parse_gender, "is not a gender: m or f"),
 )
@@ -223,7 +227,7 @@ def _read_kaldi_dir(kaldi_dir, data_folder, age_bins, age_groups, log, jobs):
     wav_scp = os.path.join(kaldi_dir, "wav.scp")
     utt2spk = os.path.join(kaldi_dir, "utt2spk")
     segments = os.path.join(kaldi_dir, "segments")
-    recordings = read_keyed(wav_scp, log, "ID PATH", 2, keep_rest=True)
+    recordings = read_keyed(wav_scp, log, "ID PATH", 2, spaced="last")
     speakers = read_keyed(utt2spk, log, "UTTID SPEAKER", 2)
     tables = _read_speaker_tables(kaldi_dir, log)
     recording_rows = _probe_recordings(recordings, wav_scp, data_folder, log, jobs)

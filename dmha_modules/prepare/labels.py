@@ -160,7 +160,7 @@ def prepare_labels_file(
 def _read_labels(path, folder, data_folder, log):
     """Reads a labels file into rows and {row: label}."""
     rows, labels_of = [], {}
-    for line_number, fields in read_fields(path, log, "path label -1", 3):
+    for line_number, fields in read_fields(path, log, "path label -1", 3, spaced="first"):
         rel = relative_path(fields[0], folder, data_folder)
         row = Utterance(utterance_id(rel), rel, (path, line_number))
         rows.append(row)

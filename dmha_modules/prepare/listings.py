@@ -22,11 +22,12 @@ import os
 from dmha_modules.audio_headers import strip_audio_extension
 
 
-def read_fields(path, log, expected, count, keep_rest=False):
+def read_fields(path, log, expected, count, spaced=None):
     """Yields (line number, fields) of a whitespace-separated listing file.
 
     Blank lines are ignored; a line without exactly ``count`` fields is
-    rejected.
+    rejected. A UTF-8 byte-order mark at the start is not part of the first
+    field.
 
     Arguments
     ---------
@@ -38,22 +39,27 @@ def read_fields(path, log, expected, count, keep_rest=False):
         What a line holds, for the problem's message (``"path label -1"``).
     count : int
         Fields a line holds.
-    keep_rest : bool
-        The last field takes the rest of the line, for paths with spaces.
+    spaced : str, optional
+        "last": the last field takes the rest of the line (Kaldi's ``ID PATH``);
+        "first": the first field takes the start of the line, the others being
+        split from the right (``path label -1``); for paths with spaces.
 
     Yields
     ------
     tuple
         Line number (1-based) and the line's fields.
     """
-    with open(path, encoding="utf-8") as listing:
+    with open(path, encoding="utf-8-sig") as listing:  # -sig: a leading BOM is no path
         for line_number, line in enumerate(listing, start=1):
             stripped = line.strip()
             if not stripped:
                 continue
-            fields = (
-                stripped.split(maxsplit=count - 1) if keep_rest else stripped.split()
-            )
+            if spaced == "last":
+                fields = stripped.split(maxsplit=count - 1)
+            elif spaced == "first":
+                fields = stripped.rsplit(maxsplit=count - 1)
+            else:
+                fields = stripped.split()
             if len(fields) != count:
                 log.reject(
                     path,
@@ -64,14 +70,14 @@ def read_fields(path, log, expected, count, keep_rest=False):
             yield line_number, fields
 
 
-def read_keyed(path, log, expected, count, keep_rest=False):
+def read_keyed(path, log, expected, count, spaced=None):
     """Reads a listing file into ``{first field: (line number, fields)}``.
 
     A repeated first field is rejected and its first occurrence kept. The
     arguments are those of :func:`read_fields`.
     """
     table = {}
-    for line_number, fields in read_fields(path, log, expected, count, keep_rest):
+    for line_number, fields in read_fields(path, log, expected, count, spaced):
         key = fields[0]
         if key in table:
             log.reject(

@@ -61,6 +61,8 @@ class BadInputError(ValueError):
         All problems, in the order they were found.
     skip_bad_helps : bool
         Whether ``skip_bad`` (``--skip-bad``) would drop them all.
+    outcome : str
+        What was done all the same.
 
     Example
     -------
@@ -73,7 +75,7 @@ class BadInputError(ValueError):
     2
     """
 
-    def __init__(self, problems, skip_bad_helps):
+    def __init__(self, problems, skip_bad_helps, outcome="nothing was written"):
         self.problems = list(problems)
         advice = (
             "; use --skip-bad (skip_bad=True) to drop the bad rows instead"
@@ -81,7 +83,7 @@ class BadInputError(ValueError):
             else ""
         )
         super().__init__(
-            f"{len(self.problems)} problem(s) in the input, nothing was written"
+            f"{len(self.problems)} problem(s) in the input, {outcome}"
             f"{advice}:\n" + "\n".join(str(problem) for problem in self.problems)
         )
 
@@ -143,7 +145,13 @@ class ProblemLog:
         self.stop(path, None, f"missing: {what}")
         return False
 
-    def raise_if_bad(self, skip_bad):
-        """Raises :class:`BadInputError` unless every problem may be skipped."""
+    def raise_if_bad(self, skip_bad, outcome=None):
+        """Raises :class:`BadInputError` unless every problem may be skipped.
+
+        ``outcome`` says what was done all the same (default: nothing was
+        written, and ``skip_bad`` would help).
+        """
         if self.fatal or (self.problems and not skip_bad):
-            raise BadInputError(self.problems, skip_bad_helps=not self.fatal)
+            if outcome is None:
+                raise BadInputError(self.problems, skip_bad_helps=not self.fatal)
+            raise BadInputError(self.problems, skip_bad_helps=False, outcome=outcome)

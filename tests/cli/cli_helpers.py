@@ -7,7 +7,12 @@ batch of one). The model folders (``conftest.py``) are tiny random models,
 written once per session.
 """
 
+import contextlib
+import os
+import subprocess
+
 import numpy as np
+import pytest
 import soundfile
 import torch
 import torch.nn.functional as F
@@ -54,3 +59,28 @@ def cosine(a, b):
 
 def assert_embeddings_equal(ours, theirs):
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+@contextlib.contextmanager
+def read_only_folder(path):
+    """A folder no one can create files in, root included (``chattr +i``); skips if none.
+
+    Permission bits do not stop root, so as root the folder is also made
+    immutable for the block.
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o555)
+    immutable = os.geteuid() == 0 and subprocess.run(
+        ["chattr", "+i", str(path)], capture_output=True).returncode == 0
+    try:
+        try:
+            (path / "probe").touch()
+        except OSError:
+            yield path
+        else:
+            (path / "probe").unlink()
+            pytest.skip(f"cannot make {path} read-only here (root without chattr +i)")
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+        path.chmod(0o755)

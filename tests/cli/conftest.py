@@ -6,7 +6,7 @@ Written once per session and shared by every ``test_cli_*`` module.
 import pytest
 import soundfile
 import torch
-from cli_helpers import (
+from tests.cli.cli_helpers import (
     AGE_GROUPS,
     AM_SCALE,
     AUDIO,
@@ -18,7 +18,7 @@ from cli_helpers import (
 )
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.inference.classifiers import EncoderClassifier
-from test_inference import voice
+from tests.test_inference import voice
 
 from dmha_modules.features import LogMelFeatures, UtteranceNorm
 from dmha_modules.heads import AgeRegressionHead, Classifier

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 import torch
-from cli_helpers import AGE_GROUPS, AM_SCALE, AUDIO, EMB, GROUP_CENTRES, run_cli
+from tests.cli.cli_helpers import AGE_GROUPS, AM_SCALE, AUDIO, EMB, GROUP_CENTRES, run_cli
 
 from dmha_modules.heads import AgeRegressionHead, Classifier
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from cli_helpers import (
+from tests.cli.cli_helpers import (
     AUDIO,
     EMB,
     assert_embeddings_equal,
@@ -23,7 +23,7 @@ from cli_helpers import (
     run_cli,
 )
 from speechbrain.inference.classifiers import EncoderClassifier
-from test_inference import voice, write_bad_files
+from tests.test_inference import voice, write_bad_files
 
 from dmha_modules import front_ends, inference
 
@@ -189,13 +189,10 @@ def test_embed_reports_bad_files_and_writes_the_others(
 def test_embed_input_errors_are_reported_before_any_work(models, audio, tmp_path, capsys):
     model = models["speaker"]
     good = audio / "spk1/a.wav"
-    listing = tmp_path / "three.lst"
-    listing.write_text(f"{good}\nid {good} extra\n", encoding="utf-8")
     (tmp_path / "no_audio").mkdir()
     (tmp_path / "no_audio/readme.txt").write_text("x")
     cases = [
         (["--out", tmp_path / "e.npz"], "no audio given"),
-        (["--list", listing, "--out", tmp_path / "e.npz"], f"{listing}:2: expected 'path' or "),
         (["--list", tmp_path / "absent.lst", "--out", tmp_path / "e.npz"], "absent.lst"),
         ([good, good, "--out", tmp_path / "e.npz"], "repeated utterance ids"),
         (["--folder", tmp_path / "no_audio", "--out", tmp_path / "e.npz"], "no audio files"),

@@ -1,7 +1,7 @@
 """One exit-status policy for every verb: 0 done, 1 input problems (all listed), 2 bad usage."""
 
 import pytest
-from cli_helpers import run_cli
+from tests.cli.cli_helpers import run_cli
 
 
 @pytest.mark.parametrize(
@@ -25,15 +25,18 @@ def test_values_the_function_refuses_exit_2(tmp_path, capsys):
     assert stderr.startswith("dmha: error: ") and "trials_impostors" in stderr
 
 
-def test_every_bad_list_line_is_listed_before_any_work(models, tmp_path, capsys):
+def test_a_list_line_is_a_path_or_an_id_and_the_rest_a_path(models, tmp_path, capsys):
+    """Kaldi's wav.scp convention: more fields are a path with spaces, not a bad line."""
     listing = tmp_path / "wav.scp"
-    listing.write_text("a.wav\nid a.wav extra\nb.wav\nid b.wav c d\n", encoding="utf-8")
-    status, _, stderr = run_cli(capsys, "embed", "--model", models["speaker"], "--list",
-                                listing, "--out", tmp_path / "e.npz")
+    listing.write_text("a.wav\nid a b.wav\n", encoding="utf-8")
+    status, stdout, stderr = run_cli(capsys, "embed", "--model", models["speaker"], "--list",
+                                     listing, "--out", tmp_path / "e.npz", "--no_progress")
     assert status == 1
     assert stderr.splitlines() == [
-        f"dmha: {listing}:2: expected 'path' or 'id path', got 3 fields",
-        f"dmha: {listing}:4: expected 'path' or 'id path', got 4 fields",
+        "dmha: skipped a.wav: no such file",
+        "dmha: skipped a b.wav: no such file",
+        f"dmha: {tmp_path / 'e.npz'}: not written: no input could be used "
+        f"(an existing {tmp_path / 'e.npz'} is left as it was)",
     ]
     assert not (tmp_path / "e.npz").exists()
 

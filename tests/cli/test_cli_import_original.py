@@ -5,16 +5,16 @@ import socket
 import pytest
 import torch
 import torch.nn.functional as F
-from cli_helpers import run_cli
+from tests.cli.cli_helpers import run_cli
 from speechbrain.inference.classifiers import EncoderClassifier
-from test_inference import voice
+from tests.test_inference import voice
 
 from dmha_modules.features import LogMelFeatures
 
 
 @pytest.mark.parametrize("command", ["import-original", "import-seed"])
 def test_import_original_end_to_end(tmp_path, capsys, monkeypatch, command):
-    from test_original import cmn, random_original_model, save_original, seed_settings
+    from tests.test_original import cmn, random_original_model, save_original, seed_settings
 
     settings = seed_settings("VGG4L", "DoubleMHA")
     seed_model = random_original_model(settings)
@@ -39,7 +39,7 @@ def test_import_original_end_to_end(tmp_path, capsys, monkeypatch, command):
         wav = torch.from_numpy(voice(seconds, 16000, f0, seed=f0))[None]
         with torch.no_grad():
             ours = loaded.encode_batch(wav)[:, 0]
-            feats = cmn(LogMelFeatures(sample_rate=16000, n_mels=80)(wav))
+            feats = cmn(LogMelFeatures(sample_rate=16000, n_mels=80, framing="original")(wav))
             theirs = seed_model.getEmbedding(feats)
             seed_cosines, _ = seed_model(feats, torch.tensor([0]))
             our_cosines = loaded.mods.classifier(ours)[:, 0]

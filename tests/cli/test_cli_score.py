@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from cli_helpers import AUDIO, cosine, run_cli
+from tests.cli.cli_helpers import AUDIO, cosine, run_cli
 from speechbrain.utils.metric_stats import EER, minDCF
-from test_inference import voice
+from tests.test_inference import voice
 
 # ---------------------------------------------------------------- dmha score
 
@@ -116,18 +116,19 @@ def test_score_skips_trials_of_failed_files(models, audio, reference, tmp_path, 
         assert score == pytest.approx(expected, abs=1e-5)
 
 
-def test_score_with_every_trial_skipped_writes_no_scores(models, audio, tmp_path, capsys):
+def test_score_with_every_trial_skipped_keeps_the_old_scores(models, audio, tmp_path, capsys):
     trials = tmp_path / "trials.txt"
     trials.write_text("1 spk1/a.wav missing.wav\n", encoding="utf-8")
     cohort = tmp_path / "cohort.lst"
     cohort.write_text(f"{audio / 'spk2/c.wav'}\n{audio / 'spk3/e.wav'}\n", encoding="utf-8")
     out = tmp_path / "scores.txt"
+    out.write_text("a b 0.5\n", encoding="utf-8")
     status, stdout, stderr = run_cli(capsys, "score", "--model", models["speaker"], "--trials",
                                      trials, "--data_root", audio, "--out", out, "--cohort",
                                      cohort, "--no_progress")
     assert status == 1, stderr
-    assert "0 trials scored" in stdout and "1 skipped for failed files" in stdout
-    assert out.read_text(encoding="utf-8") == ""
+    assert f"dmha: {out}: not written: no input could be used" in stderr
+    assert out.read_text(encoding="utf-8") == "a b 0.5\n"
 
 
 @pytest.mark.parametrize(

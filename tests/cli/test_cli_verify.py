@@ -4,7 +4,7 @@ import re
 import shutil
 
 import pytest
-from cli_helpers import SPEAKER_THRESHOLD, cosine, run_cli
+from tests.cli.cli_helpers import SPEAKER_THRESHOLD, cosine, run_cli
 
 # ---------------------------------------------------------------- dmha verify
 

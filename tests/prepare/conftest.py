@@ -1,7 +1,7 @@
 """Fixtures of the data-preparation tests."""
 
 import pytest
-from prepare_helpers import write_audio, write_text
+from tests.prepare.prepare_helpers import write_audio, write_text
 
 
 @pytest.fixture

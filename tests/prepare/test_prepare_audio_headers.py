@@ -6,7 +6,7 @@ import struct
 import numpy
 import pytest
 import soundfile
-from prepare_helpers import mp4_bytes, write_audio
+from tests.prepare.prepare_helpers import mp4_bytes, write_audio
 
 from dmha_modules import audio_headers
 

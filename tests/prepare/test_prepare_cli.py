@@ -1,6 +1,6 @@
 """Tests of ``dmha prepare``: options reach the preparers, bad input exits non-zero."""
 
-from prepare_helpers import append, assert_nothing_written, read_csv
+from tests.prepare.prepare_helpers import append, assert_nothing_written, read_csv
 
 from dmha_modules import cli
 

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from prepare_helpers import (
+from tests.prepare.prepare_helpers import (
     append,
     assert_nothing_written,
     assert_reports,

@@ -7,7 +7,7 @@ from collections import Counter
 import numpy
 import pytest
 import soundfile
-from prepare_helpers import (
+from tests.prepare.prepare_helpers import (
     SPEAKERS,
     append,
     assert_nothing_written,
@@ -174,6 +174,18 @@ KALDI_CASES = {
         2,
         ("'eight'", "not an age", "numbers"),
     ),
+    "implausible age": (
+        lambda d: write_text(d / "train/spk2age", "0001\t6\n0002\t200\n0007\t21\n"),
+        "spk2age",
+        2,
+        ("'200'", "not an age", "from 0 to 120"),
+    ),
+    "negative age": (
+        lambda d: write_text(d / "train/spk2age", "0001\t-5\n0002\t8\n0007\t21\n"),
+        "spk2age",
+        1,
+        ("'-5'", "not an age", "from 0 to 120"),
+    ),
     "unknown speaker": (
         lambda d: write_text(d / "train/spk2age", "0001\t6\n0007\t21\n"),
         "utt2spk",
@@ -266,6 +278,30 @@ def test_kaldi_bad_input_names_file_and_line_and_writes_nothing(
         prepare_kaldi(kaldi_corpus, save)
     assert_reports(error.value, kaldi_corpus / "train" / file, line, *words)
     assert_nothing_written(save)
+
+
+def test_kaldi_ages_at_the_ends_of_the_range_are_kept(kaldi_corpus, tmp_path):
+    write_text(kaldi_corpus / "train/spk2age", "0001\t0\n0002\t120\n0007\t21\n")
+    outputs = prepare_kaldi(kaldi_corpus, tmp_path / "prep", valid_ratio=0, test_ratio=0)
+    ages = {row["spk_id"]: row["age"] for row in read_csv(outputs["train"])}
+    assert ages == {"0001": "0", "0002": "120", "0007": "21"}
+
+
+def test_kaldi_wav_scp_with_a_bom_and_paths_with_spaces(kaldi_corpus, tmp_path):
+    """A BOM is no part of the first ID; everything after the ID is the path."""
+    spaced = kaldi_corpus / "WAVE/SPEAKER 0001/first take.WAV"
+    spaced.parent.mkdir()
+    os.rename(kaldi_corpus / "WAVE/SPEAKER0001/0001tr0.WAV", spaced)
+    scp = kaldi_corpus / "train/wav.scp"
+    text = scp.read_text(encoding="utf-8").replace(
+        "WAVE/SPEAKER0001/0001tr0.WAV", "WAVE/SPEAKER 0001/first take.WAV"
+    )
+    assert text.startswith("0001tr0\t")
+    scp.write_text("\ufeff" + text, encoding="utf-8")
+    outputs = prepare_kaldi(kaldi_corpus, tmp_path / "prep", valid_ratio=0, test_ratio=0)
+    rows = {row["ID"]: row for row in read_csv(outputs["train"])}
+    assert rows["0001tr0"]["wav"] == "$data_root/WAVE/SPEAKER 0001/first take.WAV"
+    assert len(rows) == 6
 
 
 def test_kaldi_missing_wav_scp(kaldi_corpus, tmp_path):

@@ -6,7 +6,7 @@ import os
 import numpy
 import pytest
 import soundfile
-from prepare_helpers import (
+from tests.prepare.prepare_helpers import (
     assert_nothing_written,
     assert_reports,
     duration_text,
@@ -255,6 +255,19 @@ def test_labels_unknown_trial_path(labels_corpus, tmp_path):
         error.value, data / "impostors.lst", 2, "unknown utterance", "spk1/utt1"
     )
     assert_nothing_written(tmp_path / "prep")
+
+
+def test_labels_file_with_a_bom_and_paths_with_spaces(labels_corpus, tmp_path):
+    """``path label -1`` is read from the right: the path keeps its spaces."""
+    data, durations = labels_corpus
+    os.rename(data / "spk0/utt0.wav", data / "spk0/first take.wav")
+    write_text(data / "train.lst", "\ufeffspk0/first take 0 -1\nspk1/utt0 1 -1\n")
+    outputs = prepare_labels(data, tmp_path / "prep")
+    rows = read_csv(outputs["train"])
+    assert [(row["ID"], row["wav"], row["spk_id"]) for row in rows] == [
+        ("spk0--first take", "$data_root/spk0/first take.wav", "0"),
+        ("spk1--utt0", "$data_root/spk1/utt0.wav", "1"),
+    ]
 
 
 def test_labels_missing_labels_file(tmp_path):

@@ -5,7 +5,7 @@ import json
 import os
 
 import pytest
-from prepare_helpers import (
+from tests.prepare.prepare_helpers import (
     assert_nothing_written,
     assert_reports,
     prepare_labels,

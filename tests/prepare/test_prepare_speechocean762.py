@@ -9,7 +9,7 @@ import tarfile
 import threading
 
 import pytest
-from prepare_helpers import (
+from tests.prepare.prepare_helpers import (
     assert_nothing_written,
     make_kaldi_dir,
     read_csv,

@@ -1,7 +1,7 @@
 """Tests of ``prepare_voxceleb``: VoxCeleb trees and official trial lists."""
 
 import pytest
-from prepare_helpers import (
+from tests.prepare.prepare_helpers import (
     append,
     assert_nothing_written,
     assert_reports,
