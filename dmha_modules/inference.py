@@ -386,7 +386,8 @@ class AgeClassifier(DMHAClassifier):
         Returns
         -------
         dict
-            ``groups`` (list of names), ``probabilities`` and ``years`` (tensors).
+            ``groups`` (list of names), ``probabilities`` and ``years`` (tensors;
+            ``years`` None for models without ages in years).
         """
         embeddings = embeddings.to(self.device).reshape(len(embeddings), 1, -1)
         scores = self.mods.classifier(embeddings)[:, 0]
@@ -394,15 +395,16 @@ class AgeClassifier(DMHAClassifier):
             scores, ordinal=self.hparams.group_posteriors == "ordinal",
             scale=self.hparams.score_scale,
         )
+        years = None  # a model trained without ages in years (Common Voice, labels files)
         if "age_head" in self.mods:
-            years = self.mods.age_head(embeddings)
-        else:
+            years = self.mods.age_head(embeddings).cpu()
+        elif self.hparams.group_centres:
             centres = torch.tensor(self.hparams.group_centres, device=probabilities.device)
-            years = probabilities @ centres
+            years = (probabilities @ centres).cpu()
         return {
             "groups": [self.groups[i] if i >= 0 else None for i in self.decide(scores, probabilities)],
             "probabilities": probabilities.cpu(),
-            "years": years.cpu(),
+            "years": years,
         }
 
     def decide(self, scores, probabilities):
@@ -432,7 +434,7 @@ class AgeClassifier(DMHAClassifier):
         return {
             "group": age["groups"][0],
             "probabilities": dict(zip(self.groups, age["probabilities"][0].tolist())),
-            "years": float(age["years"][0]),
+            "years": None if age["years"] is None else float(age["years"][0]),
         }
 
     def classify_age_file(self, path):

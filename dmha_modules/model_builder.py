@@ -13,6 +13,7 @@ import speechbrain as sb
 import torch
 from speechbrain.dataio.dataio import load_data_csv
 
+from dmha_modules.age_groups import COMMONVOICE_AGE_GROUPS
 from dmha_modules.losses import AMSoftmaxLoss, OrdinalRegressionLoss
 
 
@@ -21,12 +22,31 @@ def label_key(hparams):
     return "age_group" if hparams["task"] == "age" else "spk_id"
 
 
+def manifest_path(folder, split):
+    """``<folder>/<split>.csv``; for "test", ``valid.csv`` when there is no ``test.csv``.
+
+    Labels files (the original code's splits) have no test split: their
+    experiments are tested on the validation split.
+
+    Example
+    -------
+    >>> folder = str(getfixture("tmp_path"))
+    >>> _ = open(os.path.join(folder, "valid.csv"), "w")
+    >>> os.path.basename(manifest_path(folder, "test"))
+    'valid.csv'
+    """
+    path = os.path.join(folder, f"{split}.csv")
+    if split == "test" and not os.path.exists(path):
+        return os.path.join(folder, "valid.csv")
+    return path
+
+
 def read_manifest(hparams, split):
-    """The rows of ``<manifest_folder>/<split>.csv``, as SpeechBrain's datasets read them.
+    """The rows of the split's manifest in ``manifest_folder``, as SpeechBrain's datasets read them.
 
     ``speechbrain.dataio.dataio.load_data_csv`` (what
-    ``DynamicItemDataset.from_csv`` uses), with ``$data_root`` replaced by
-    ``data_folder``.
+    ``DynamicItemDataset.from_csv`` uses) of :func:`manifest_path`, with
+    ``$data_root`` replaced by ``data_folder``.
 
     Arguments
     ---------
@@ -49,17 +69,74 @@ def read_manifest(hparams, split):
     >>> read_manifest({"manifest_folder": folder, "data_folder": "/data"}, "test")
     {'u1': {'duration': 1.5, 'wav': '/data/u1.flac', 'spk_id': 's1'}}
     """
-    path = os.path.join(hparams["manifest_folder"], f"{split}.csv")
+    path = manifest_path(hparams["manifest_folder"], split)
     return load_data_csv(path, replacements={"data_root": hparams["data_folder"]})
 
 
-def make_label_encoder(hparams, split="train"):
-    """The classes of a split as indices: the age groups in bin order, or the split's speakers.
+def age_classes(groups, age_groups):
+    """The age classes, in age order: the first known list holding every group of ``groups``.
 
-    Speakers are sorted. The valid and test speakers are held out of training,
-    so each of those splits numbers its own (they only make trials). The
-    training split's encoder is saved as ``<save_folder>/label_encoder.txt``
-    on first use and read back after.
+    The lists, in turn: ``age_groups`` (the YAML's names of its ``age_bins``,
+    as Kaldi preparation labels), Common Voice's own groups, and the class
+    indices ``0..N-1`` of the original code's labels files (N the largest
+    + 1). The whole list is kept, so a class absent from training still has
+    its index.
+
+    Arguments
+    ---------
+    groups : iterable of str
+        The age groups of the training manifest.
+    age_groups : sequence of str
+        The YAML's ``age_groups``.
+
+    Returns
+    -------
+    list of str or None
+        None when no list holds them all.
+
+    Example
+    -------
+    >>> age_classes({"twenties", "child"}, ["child", "teens", "twenties", "thirties+"])
+    ['child', 'teens', 'twenties', 'thirties+']
+    >>> age_classes({"fourties", "teens"}, ["child", "teens"])[:4]
+    ['teens', 'twenties', 'thirties', 'fourties']
+    >>> age_classes({"2", "0"}, ["child", "teens"])
+    ['0', '1', '2']
+    >>> age_classes({"old"}, ["child", "teens"]) is None
+    True
+    """
+    groups = set(groups)
+    for known in (list(age_groups), list(COMMONVOICE_AGE_GROUPS)):
+        if groups <= set(known):
+            return known
+    if groups and all(group.isdigit() and str(int(group)) == group for group in groups):
+        return [str(index) for index in range(max(int(group) for group in groups) + 1)]
+    return None
+
+
+def class_names(hparams, rows):
+    """The classes of a split's ``rows``: age classes (:func:`age_classes`) or sorted speakers.
+
+    Example
+    -------
+    >>> class_names({"task": "speaker"}, [{"spk_id": "b"}, {"spk_id": "a"}, {"spk_id": "b"}])
+    ['a', 'b']
+    """
+    labels = {row[label_key(hparams)] for row in rows}
+    if hparams["task"] == "age":
+        return age_classes(labels, hparams["age_groups"])
+    return sorted(labels)
+
+
+def make_label_encoder(hparams, split="train"):
+    """The classes of a split as indices: the age classes, or the split's speakers.
+
+    Every split of an age experiment has the classes that
+    :func:`age_classes` finds for the training groups. Speakers are sorted;
+    the valid and test speakers are held out of training, so each of those
+    splits numbers its own (they only make trials). The training split's
+    encoder is saved as ``<save_folder>/label_encoder.txt`` on first use and
+    read back after.
 
     Arguments
     ---------
@@ -74,17 +151,17 @@ def make_label_encoder(hparams, split="train"):
 
     Example
     -------
-    >>> import tempfile
-    >>> hparams = {"task": "age", "save_folder": tempfile.mkdtemp(),
-    ...            "age_groups": ["child", "adult"]}
+    >>> folder = str(getfixture("tmp_path"))
+    >>> with open(os.path.join(folder, "train.csv"), "w") as f:
+    ...     _ = f.write("ID,duration,wav,spk_id,age_group\\nu1,1.5,u1.wav,s1,adult\\n")
+    >>> hparams = {"task": "age", "save_folder": folder, "manifest_folder": folder,
+    ...            "data_folder": folder, "age_groups": ["child", "adult"]}
     >>> make_label_encoder(hparams).encode_label("adult")
     1
     """
-    if hparams["task"] == "age":
-        classes = hparams["age_groups"]
-    else:
-        rows = read_manifest(hparams, split).values()
-        classes = sorted({row[label_key(hparams)] for row in rows})
+    # Age classes come from the training groups; speakers from each split's own.
+    rows = read_manifest(hparams, "train" if hparams["task"] == "age" else split).values()
+    classes = class_names(hparams, rows)
     encoder = sb.dataio.encoder.CategoricalEncoder()
     if split == "train":
         path = os.path.join(hparams["save_folder"], "label_encoder.txt")
@@ -110,16 +187,41 @@ def train_statistics(hparams, label_encoder):
     counts : torch.Tensor
         ``(C,)`` rows per class.
     ages : dict
-        Class index -> list of ages in years (empty lists for speakers).
+        Class index -> list of ages in years (empty lists for speakers and
+        for manifests without an ``age`` column).
     """
     counts = torch.zeros(len(label_encoder))
     ages = {i: [] for i in range(len(label_encoder))}
     for row in read_manifest(hparams, "train").values():
         index = label_encoder.encode_label(row[label_key(hparams)])
         counts[index] += 1
-        if hparams["task"] == "age":
+        if hparams["task"] == "age" and "age" in row:
             ages[index].append(float(row["age"]))
     return counts, ages
+
+
+def age_decoding_of(group_loss, ages):
+    """How an age model's scores become group probabilities and years (see ``build_model``).
+
+    Example
+    -------
+    >>> age_decoding_of(None, {0: [8.0, 10.0], 1: []})
+    {'group_posteriors': 'softmax', 'score_scale': 1.0, 'group_centres': [9.0, 9.0]}
+    >>> age_decoding_of(None, {0: [], 1: []})["group_centres"] is None  # no ages in years
+    True
+    """
+    all_ages = [age for group in ages.values() for age in group]
+    centres = None
+    if all_ages:
+        overall = float(np.mean(all_ages))
+        centres = [float(np.mean(ages[i])) if ages[i] else overall for i in sorted(ages)]
+    return {
+        "group_posteriors": (
+            "ordinal" if isinstance(group_loss, OrdinalRegressionLoss) else "softmax"
+        ),
+        "score_scale": float(getattr(group_loss, "scale", 1.0)),
+        "group_centres": centres,
+    }
 
 
 def build_model(hparams, label_encoder):
@@ -146,7 +248,8 @@ def build_model(hparams, label_encoder):
     age_decoding : dict or None
         Age task: ``group_posteriors`` ("softmax" or "ordinal"),
         ``score_scale`` and ``group_centres`` (mean training age per class; a
-        group absent from training gets the mean of all), as model folders keep them.
+        group absent from training gets the mean of all; empty when the
+        manifests have no ages in years), as model folders keep them.
     """
     counts, ages = train_statistics(hparams, label_encoder)
     modules = dict(hparams["modules"])
@@ -159,20 +262,11 @@ def build_model(hparams, label_encoder):
         )
     age_decoding = None
     if hparams["task"] == "age":
-        all_ages = [age for group in ages.values() for age in group]
-        overall = float(np.mean(all_ages))
-        age_decoding = {
-            "group_posteriors": (
-                "ordinal" if isinstance(group_loss, OrdinalRegressionLoss) else "softmax"
-            ),
-            "score_scale": float(getattr(group_loss, "scale", 1.0)),
-            "group_centres": [
-                float(np.mean(ages[i])) if ages[i] else overall for i in range(len(label_encoder))
-            ],
-        }
+        age_decoding = age_decoding_of(group_loss, ages)
         if hparams["years_loss_weight"] > 0:
+            all_ages = [age for group in ages.values() for age in group]
             modules["age_head"] = hparams["age_head"]
-            modules["age_head"].set_age_stats(overall, np.std(all_ages))
+            modules["age_head"].set_age_stats(float(np.mean(all_ages)), np.std(all_ages))
     if hasattr(group_loss, "set_class_counts"):
         group_loss.set_class_counts(counts)
     for name in ("classifier", "age_head"):

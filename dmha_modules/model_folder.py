@@ -82,9 +82,10 @@ def model_hyperparams(modules, embedding, task, age_decoding=None, verification_
         extra += (
             "# Age: group probabilities from the classifier's scores; years from the\n"
             "# years head when there is one, else the probabilities times group_centres\n"
-            "# (the training ages' mean per group, in class order). decision: ordinal is\n"
-            "# the original code's train_ordinal.py rule (absent: the most probable group).\n"
-            + yaml.safe_dump(age_decoding, default_flow_style=None, sort_keys=False)
+            "# (the training ages' mean per group, in class order; null: no years).\n"
+            "# decision: ordinal is the original code's train_ordinal.py rule (absent: the\n"
+            "# most probable group).\n"
+            + yaml.safe_dump(age_decoding, default_flow_style=False, sort_keys=False)
         )
     mods = ["compute_features", "mean_var_norm", "embedding_model", "mean_var_norm_emb",
             "classifier"] + (["age_head"] if "age_head" in modules else [])

@@ -5,10 +5,14 @@
 its own share of those batches (:class:`RankBatches`, set up by
 :class:`DDPBrain`), and on CPU the gloo backend is chosen
 (:func:`default_ddp_backend`) and used without the SyncBatchNorm conversion
-that gloo lacks.
+that gloo lacks. One training at a time writes an output folder
+(:func:`output_folder_lock`).
 """
 
+import contextlib
 import dataclasses
+import fcntl
+import os
 
 import numpy as np
 import speechbrain as sb
@@ -170,3 +174,75 @@ def bucketed_loader_kwargs(hparams, dataset, train):
         seed=hparams["seed"],
     )
     return {"batch_sampler": sampler, "num_workers": hparams["num_workers"]}
+
+
+LOCK_FILE = "train.lock"
+
+
+class OutputFolderError(RuntimeError):
+    """An output folder that a training cannot use: in use by another, or not writable.
+
+    Example
+    -------
+    >>> raise OutputFolderError("results/age/1986 is in use by a running training (pid 7: ...)")
+    Traceback (most recent call last):
+    ...
+    dmha_modules.training.OutputFolderError: results/age/1986 is in use by a running training (pid 7: ...)
+    """
+
+
+@contextlib.contextmanager
+def output_folder_lock(folder, command):
+    """Holds ``<folder>/train.lock`` for the block, so that one training at a time writes there.
+
+    The lock is the kernel's (``flock``), held by the open file: it goes
+    with the process, so a killed training leaves nothing stuck. The file
+    names the holder's process and command while it runs.
+
+    Arguments
+    ---------
+    folder : str
+        The output folder (created when absent).
+    command : str
+        What the holder runs, for the message of one that finds it taken.
+
+    Raises
+    ------
+    OutputFolderError
+        At once, when another process holds the lock (naming it) or the
+        folder cannot be written.
+
+    Example
+    -------
+    >>> folder = str(getfixture("tmp_path"))
+    >>> with output_folder_lock(folder, "train.py age.yaml"):
+    ...     with output_folder_lock(folder, "train.py speaker.yaml"):
+    ...         pass
+    Traceback (most recent call last):
+    ...
+    dmha_modules.training.OutputFolderError: ... is in use by a running training (pid ...: train.py age.yaml); ...
+    """
+    path = os.path.join(folder, LOCK_FILE)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        handle = open(path, "a+", encoding="utf-8")
+    except OSError as error:
+        raise OutputFolderError(f"{folder}: cannot write the output folder there "
+                                f"({error.strerror}); choose another --output_folder") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "its process id not yet written"
+            raise OutputFolderError(
+                f"{folder} is in use by a running training ({holder}); wait for it to end "
+                "or choose another --output_folder") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}: {command}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.truncate(0)  # no holder any more; closing the file releases the lock

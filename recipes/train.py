@@ -7,21 +7,30 @@ One recipe, two tasks, chosen by the YAML file:
     python recipes/train.py hparams/speaker.yaml   # speaker verification
 
 Every setting lives in the YAML and can be overridden on the command line
-(``--data_folder ...``, ``--number_of_epochs 5``, ...). Multi-process training:
+(``--data_folder ...``, ``--number_of_epochs 5``, ...). The corpus is chosen
+by ``--source`` (``kaldi``, the default, ``labels``, ``commonvoice``,
+``voxceleb`` or ``manifests``, each with its own options: see
+:mod:`dmha_modules.recipe_inputs`), whose manifests and trial list are checked
+before training starts. Multi-process training:
 ``torchrun --nproc_per_node=N recipes/train.py hparams/age.yaml`` (gloo on
-CPU, nccl on GPU). Rerunning the same command resumes from the last checkpoint.
+CPU, nccl on GPU). Rerunning the same command resumes from the last
+checkpoint; a second training in the same output folder stops at once.
+Bad input stops the recipe with exit status 1 and one message per problem.
 
 Both tasks share ``DMHABrain`` (features, embeddings, classifier, checkpoint
 selection); ``AgeBrain`` and ``SpeakerBrain`` say what differs: the targets,
 the metrics and the test outputs.
 
 Outputs, in ``output_folder``: ``train_log.txt``, ``test_metrics.json``,
-``confusion_matrix.png`` (age) or ``verification_scores.png`` (speaker),
-``embeddings_pca.png`` and ``model/`` (the best checkpoint with its
-hyperparameters).
+``confusion_matrix.png`` (age) or ``verification_scores.png`` and
+``test_scores.txt`` (speaker), ``embeddings_pca.png``, ``manifests/`` and
+``model/`` (the best checkpoint with its hyperparameters).
 """
 
+import contextlib
+import errno
 import json
+import logging
 import os
 import sys
 from collections import defaultdict
@@ -50,6 +59,7 @@ from dmha_modules.model_builder import (
     build_model,
     label_key,
     make_label_encoder,
+    manifest_path,
     read_manifest,
 )
 from dmha_modules.model_folder import write_experiment_model
@@ -58,17 +68,35 @@ from dmha_modules.plots import (
     plot_embeddings_pca,
     plot_verification_scores,
 )
-from dmha_modules.training import DDPBrain, bucketed_loader_kwargs, default_ddp_backend
+from dmha_modules.prepare import BadInputError, DownloadError
+from dmha_modules.recipe_inputs import (
+    RecipeInputError,
+    check_manifests,
+    check_source_options,
+    copy_prepared_manifests,
+)
+from dmha_modules.training import (
+    DDPBrain,
+    OutputFolderError,
+    bucketed_loader_kwargs,
+    default_ddp_backend,
+    output_folder_lock,
+)
+
+logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
+# What stops the recipe with a message rather than a traceback: bad input.
+INPUT_PROBLEMS = (RecipeInputError, OutputFolderError, BadInputError, DownloadError)
 
 
 class DMHABrain(DDPBrain):
     """Trains the embedding model with a classification head: what both tasks share.
 
     A task's subclass says which ``target_keys`` batches carry, which stages
-    classify, what to ``collect`` for the metrics, the ``stage_metrics`` and
-    the test plot (``plot_test_scores``).
+    classify, what to ``collect`` for the metrics, the ``stage_metrics``, the
+    test outputs besides the metrics (``write_task_outputs``) and where the
+    test figures come from (``test_provenance``).
 
     Arguments
     ---------
@@ -130,6 +158,7 @@ class DMHABrain(DDPBrain):
             }
         loss = self.loss(predictions, targets, stage)
         if stage != sb.Stage.TRAIN:
+            self.collected["ids"].extend(batch.id)
             self.collect(predictions, targets)
         return loss
 
@@ -151,13 +180,18 @@ class DMHABrain(DDPBrain):
         self.collected["labels"].append(targets["label"].reshape(-1).cpu())
         self.collected["embeddings"].append(predictions["embeddings"][:, 0].detach().cpu())
 
-    def stage_metrics(self, collected):
+    def stage_metrics(self, collected, stage):
         """The metrics of a valid or test stage from what ``collect`` kept."""
         raise NotImplementedError
 
-    def plot_test_scores(self, metrics, collected):
-        """The task's plot of the test scores."""
+    def write_task_outputs(self, metrics, collected):
+        """The task's test outputs besides the metrics (its plot of the test scores)."""
         raise NotImplementedError
+
+    def test_provenance(self):
+        """What the test figures were measured on, for ``test_metrics.json`` and the model card."""
+        return {"test_manifest": os.path.abspath(
+            manifest_path(self.hparams.manifest_folder, "test"))}
 
     def on_stage_start(self, stage, epoch=None):
         """Resets what the metrics are computed from."""
@@ -169,8 +203,11 @@ class DMHABrain(DDPBrain):
         if stage == sb.Stage.TRAIN:
             self.train_loss = stage_loss
             return
-        collected = {key: torch.cat(values) for key, values in self.collected.items()}
-        metrics = self.stage_metrics(collected)
+        collected = {
+            key: values if key == "ids" else torch.cat(values)
+            for key, values in self.collected.items()
+        }
+        metrics = self.stage_metrics(collected, stage)
         stats = {"loss": stage_loss, **{k: v for k, v in metrics.items() if k != "confusion"}}
         key = self.hparams.selection_metric
         if stage == sb.Stage.VALID:
@@ -195,17 +232,18 @@ class DMHABrain(DDPBrain):
                 stats_meta={"Epoch loaded": self.hparams.epoch_counter.current},
                 test_stats=stats,
             )
+            metrics.update(self.test_provenance())
             self.test_metrics = {k: v for k, v in metrics.items() if k != "confusion"}
             if if_main_process():
                 self.write_test_outputs(metrics, collected)
 
     def write_test_outputs(self, metrics, collected):
-        """Test metrics as JSON, the task's plot and the embeddings coloured by label."""
+        """Test metrics as JSON, the task's outputs and the embeddings coloured by label."""
         folder = self.hparams.output_folder
         write_atomic(
             os.path.join(folder, "test_metrics.json"), lambda f: json.dump(metrics, f, indent=2)
         )
-        self.plot_test_scores(metrics, collected)
+        self.write_task_outputs(metrics, collected)
         names = self.label_names("test")
         plot_embeddings_pca(
             collected["embeddings"],
@@ -225,24 +263,27 @@ class AgeBrain(DMHABrain):
     """Age groups and years: macro-F1, balanced accuracy, accuracy and MAE in years.
 
     The years loss (weighted by ``years_loss_weight``) is added to the group
-    loss when the model has a years head. The test outputs add a confusion
-    matrix.
+    loss when the model has a years head. Without ages in years in the
+    manifests (Common Voice, labels files) only the groups are trained and
+    measured. The test outputs add a confusion matrix.
 
     Arguments
     ---------
     age_decoding : dict
         From ``build_model``: ``group_posteriors`` and ``score_scale`` turn
-        scores into group probabilities, ``group_centres`` those into years.
+        scores into group probabilities, ``group_centres`` (empty without
+        ages) those into years.
     label_encoders, group_loss, **brain_kwargs
         As ``DMHABrain``'s.
     """
 
-    target_keys = ("label", "age_years")
     ordered_labels = True
 
     def __init__(self, age_decoding, label_encoders, group_loss, **brain_kwargs):
         super().__init__(label_encoders, group_loss, **brain_kwargs)
         self.age_decoding = age_decoding
+        self.years_known = bool(age_decoding["group_centres"])
+        self.target_keys = ("label", "age_years") if self.years_known else ("label",)
 
     def loss(self, predictions, targets, stage):
         """The group loss plus the weighted years loss."""
@@ -254,15 +295,16 @@ class AgeBrain(DMHABrain):
         return loss
 
     def collect(self, predictions, targets):
-        """Also keeps the predicted groups and the true and predicted years."""
+        """Also keeps the predicted groups and, with ages, the true and predicted years."""
         super().collect(predictions, targets)
         groups, years_predicted = self.predict_age(predictions)
         self.collected["predicted"].append(groups.cpu())
-        self.collected["years"].append(targets["age_years"].reshape(-1).float().cpu())
-        self.collected["years_predicted"].append(years_predicted.cpu())
+        if self.years_known:
+            self.collected["years"].append(targets["age_years"].reshape(-1).float().cpu())
+            self.collected["years_predicted"].append(years_predicted.cpu())
 
     def predict_age(self, predictions):
-        """Predicted group indices and years from the heads that were trained.
+        """Predicted group indices and years (None without ages) from the trained heads.
 
         Years come from the regression head when there is one, else from the
         group posteriors weighted by the training ages' mean per group. Groups
@@ -276,7 +318,7 @@ class AgeBrain(DMHABrain):
                 scale=self.age_decoding["score_scale"],
             )
             groups = posteriors.argmax(dim=1)
-            if years is None:
+            if years is None and self.years_known:
                 centres = torch.tensor(self.age_decoding["group_centres"], device=posteriors.device)
                 years = posteriors @ centres
         else:
@@ -290,17 +332,18 @@ class AgeBrain(DMHABrain):
         name = age_group(years, self.hparams.age_bins, self.hparams.age_groups)
         return self.label_encoders["train"].encode_label(name)
 
-    def stage_metrics(self, collected):
+    def stage_metrics(self, collected, stage):
         """Macro-F1, balanced accuracy, accuracy, the confusion matrix and MAE in years."""
         metrics = classification_metrics(
             collected["predicted"], collected["labels"], len(self.label_encoders["train"])
         )
-        metrics["mae_years"] = float(
-            (collected["years_predicted"] - collected["years"]).abs().mean()
-        )
+        if self.years_known:
+            metrics["mae_years"] = float(
+                (collected["years_predicted"] - collected["years"]).abs().mean()
+            )
         return metrics
 
-    def plot_test_scores(self, metrics, collected):
+    def write_task_outputs(self, metrics, collected):
         """The test confusion matrix."""
         plot_confusion_matrix(
             metrics["confusion"], self.label_names("test"),
@@ -310,37 +353,73 @@ class AgeBrain(DMHABrain):
 
 
 class SpeakerBrain(DMHABrain):
-    """Speaker embeddings: EER and minDCF of cosine-scored trials of held-out speakers.
+    """Speaker embeddings: EER and minDCF of cosine-scored trials of held-out utterances.
 
     The training speakers are the classifier's classes; the valid and test
-    speakers are held out, so those stages are measured on trials only.
-    The test outputs add the trial scores' histogram.
+    utterances are measured on trials only: the corpus's trial list where it
+    names the split's utterances, else random pairs of them (at most
+    ``max_trials``). The test outputs add the trials' scores
+    (``test_scores.txt``: ``enrol test score`` a line, manifest IDs) and
+    their histogram.
 
-    Arguments are those of ``DMHABrain``.
+    Arguments
+    ---------
+    trial_lists : dict
+        "valid" and "test" -> ``recipe_inputs.TrialList``, or None for random pairs.
+    label_encoders, group_loss, **brain_kwargs
+        As ``DMHABrain``'s.
     """
+
+    def __init__(self, trial_lists, label_encoders, group_loss, **brain_kwargs):
+        super().__init__(label_encoders, group_loss, **brain_kwargs)
+        self.trial_lists = trial_lists
 
     def classifies(self, stage):
         """Only training speakers are classes."""
         return stage == sb.Stage.TRAIN
 
-    def stage_metrics(self, collected):
-        """EER, minDCF and the number of trials; keeps the trials' scores in ``collected``."""
-        pairs = trial_pairs(
-            collected["labels"].tolist(), max_pairs=self.hparams.max_trials, seed=self.hparams.seed
-        )
+    def stage_trials(self, collected, stage):
+        """``(i, j, same)`` pairs of collected utterances: the trial list's, or random ones."""
+        trial_list = self.trial_lists["test" if stage == sb.Stage.TEST else "valid"]
+        if trial_list is None:
+            return trial_pairs(
+                collected["labels"].tolist(), max_pairs=self.hparams.max_trials,
+                seed=self.hparams.seed,
+            )
+        index = {utterance: i for i, utterance in enumerate(collected["ids"])}
+        return [(index[enrol], index[test], bool(label))
+                for label, enrol, test in trial_list.trials]
+
+    def stage_metrics(self, collected, stage):
+        """EER, minDCF and the number of trials; keeps the trials and scores in ``collected``."""
+        pairs = self.stage_trials(collected, stage)
         scores = cosine_scores(collected["embeddings"], pairs)
         labels = torch.tensor([same for _, _, same in pairs])
         metrics = verification_metrics(scores, labels, p_target=self.hparams.p_target)
         metrics["trials"] = len(pairs)
-        collected["scores"], collected["trial_labels"] = scores, labels
+        collected["pairs"], collected["scores"], collected["trial_labels"] = pairs, scores, labels
         return metrics
 
-    def plot_test_scores(self, metrics, collected):
-        """The test trials' score histogram."""
+    def test_provenance(self):
+        """Also the test trial list's files; None for random pairs of held-out speakers."""
+        trial_list = self.trial_lists["test"]
+        return {**super().test_provenance(),
+                "trial_list": None if trial_list is None else trial_list.origin}
+
+    def write_task_outputs(self, metrics, collected):
+        """The test trials' scores and their histogram."""
+        ids = collected["ids"]
+        lines = [f"{ids[i]} {ids[j]} {score:.6f}\n"
+                 for (i, j, _), score in zip(collected["pairs"], collected["scores"].tolist())]
+        folder = self.hparams.output_folder
+        write_atomic(os.path.join(folder, "test_scores.txt"), lambda f: f.writelines(lines))
+        trial_list = metrics["trial_list"]
         plot_verification_scores(
             collected["scores"], collected["trial_labels"],
-            os.path.join(self.hparams.output_folder, "verification_scores.png"),
-            title="Test trials (held-out speakers)",
+            os.path.join(folder, "verification_scores.png"),
+            title="Test trials ("
+            + (", ".join(map(os.path.basename, trial_list)) if trial_list else "held-out speakers")
+            + ")",
             p_target=self.hparams.p_target,
         )
 
@@ -422,21 +501,55 @@ def dataio_prep(hparams, label_encoders, target_keys):
     return datasets
 
 
-def main():
-    """Prepares the manifests, trains, tests and writes the model folder."""
-    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
-    run_opts = default_ddp_backend(run_opts)
-    keep_freed_memory()
-    sb.utils.distributed.ddp_init_group(run_opts)
-    with open(hparams_file, encoding="utf-8") as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=hparams_file,
-        overrides=overrides,
-    )
-    run_on_main(hparams["prepare"])
+def load_hparams(hparams_file, overrides):
+    """The YAML with its overrides; a folder that cannot be written is a message, not a traceback.
 
+    Loading creates ``save_folder`` (SpeechBrain's checkpointer does), so a
+    read-only output folder shows here.
+    """
+    try:
+        with open(hparams_file, encoding="utf-8") as fin:
+            return load_hyperpyyaml(fin, overrides)
+    except OSError as error:
+        if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        advice = "" if error.filename == hparams_file else "; choose a writable --output_folder"
+        raise OutputFolderError(f"{error.filename}: {error.strerror}{advice}") from None
+
+
+def prepare_manifests(hparams):
+    """Writes the source's manifests into ``manifest_folder`` and checks them before training.
+
+    Ready manifests (``source: manifests``) are checked where they are, so
+    problems name the files as given, then copied.
+
+    Returns
+    -------
+    dict
+        The trial lists of the held-out splits (``check_manifests``).
+    """
+    source = hparams["source"]
+    if source == "manifests":
+        check_manifests(hparams, hparams["prepared_folder"])
+        run_on_main(
+            copy_prepared_manifests, args=[hparams["prepared_folder"], hparams["manifest_folder"]]
+        )
+    else:
+        run_on_main(hparams["preparations"][source])
+    trial_lists = check_manifests(hparams, hparams["manifest_folder"])
+    test = manifest_path(hparams["manifest_folder"], "test")
+    if os.path.basename(test) != "test.csv":
+        logger.info("No test split (labels files have none): testing on %s", test)
+    for split, trial_list in trial_lists.items():
+        if hparams["task"] == "speaker":
+            logger.info("%s trials: %s", split,
+                        "random pairs of held-out speakers" if trial_list is None
+                        else f"{len(trial_list.trials)} of {', '.join(trial_list.origin)}")
+    return trial_lists
+
+
+def run_experiment(hparams, run_opts, trial_lists):
+    """Trains, tests and writes the model folder."""
     label_encoders = {split: make_label_encoder(hparams, split) for split in SPLITS}
     modules, group_loss, age_decoding = build_model(hparams, label_encoders["train"])
     brain_kwargs = {
@@ -449,7 +562,7 @@ def main():
     if hparams["task"] == "age":
         brain = AgeBrain(age_decoding, label_encoders, group_loss, **brain_kwargs)
     else:
-        brain = SpeakerBrain(label_encoders, group_loss, **brain_kwargs)
+        brain = SpeakerBrain(trial_lists, label_encoders, group_loss, **brain_kwargs)
     datasets = dataio_prep(hparams, label_encoders, brain.target_keys)
 
     brain.fit(
@@ -472,5 +585,37 @@ def main():
         )
 
 
+def train(argv):
+    """Checks the options, takes the output folder, prepares and checks the data, trains."""
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    run_opts = default_ddp_backend(run_opts)
+    keep_freed_memory()
+    sb.utils.distributed.ddp_init_group(run_opts)
+    hparams = load_hparams(hparams_file, overrides)
+    check_source_options(hparams)
+    # Under DDP the main process holds the folder for all ranks.
+    command = " ".join(["recipes/train.py", *argv])
+    lock = output_folder_lock(hparams["output_folder"], command) if if_main_process() \
+        else contextlib.nullcontext()
+    with lock:
+        sb.create_experiment_directory(
+            experiment_directory=hparams["output_folder"],
+            hyperparams_to_save=hparams_file,
+            overrides=overrides,
+        )
+        trial_lists = prepare_manifests(hparams)
+        run_experiment(hparams, run_opts, trial_lists)
+
+
+def main(argv=None):
+    """Runs the recipe; returns the exit status: 1, with one message per problem, on bad input."""
+    try:
+        train(sys.argv[1:] if argv is None else argv)
+    except INPUT_PROBLEMS as error:
+        print(f"recipes/train.py: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

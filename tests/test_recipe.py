@@ -10,27 +10,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from dmha_modules.feature_files import extract_features
 from dmha_modules.models import EmbeddingModel
+from tests.recipe_helpers import (
+    REPO,
+    assert_encoder_classifier_loads_offline,
+    logged_epochs,
+    recipe_command,
+    run_recipe,
+    scored_trials,
+    write_voice,
+)
 
-REPO = Path(__file__).resolve().parents[1]
 # Ages spanning the four default groups; three utterances per speaker.
 SPEAKER_AGES = [8, 9, 10, 11, 15, 16, 17, 18, 22, 24, 26, 28, 33, 36, 39, 42]
-TINY = [
-    "--channels=16",
-    "--heads=4",
-    "--emb_dim=32",
-    "--max_batch_seconds=8",
-    "--num_workers=0",
-    "--crop_seconds=1.0",
-    "--noprogressbar",
-    # Four held-out speakers in valid and in test, so both have impostor trials.
-    "--valid_ratio=0.25",
-    "--test_ratio=0.25",
-]
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +43,7 @@ def corpus(tmp_path_factory):
         (root / "WAVE" / spk).mkdir(parents=True)
         for u in range(3):
             utt = f"{spk}_{u}"
-            t = np.arange(int(rng.uniform(1.2, 1.8) * 16000)) / 16000
-            f0 = 300 - 5 * age + 10 * u
-            wav = sum(np.sin(2 * np.pi * k * f0 * t) / k for k in range(1, 5)) * 0.1
-            wav += 0.01 * rng.standard_normal(t.size)
-            sf.write(root / "WAVE" / spk / f"{utt}.flac", wav.astype(np.float32), 16000)
+            write_voice(root / "WAVE" / spk / f"{utt}.flac", 300 - 5 * age + 10 * u, rng)
             scp.append(f"{utt}\tWAVE/{spk}/{utt}.flac")
             utt2spk.append(f"{utt} {spk}")
     for name, lines in [
@@ -65,35 +56,6 @@ def corpus(tmp_path_factory):
     return root
 
 
-def recipe_command(hparams, corpus, output, *extra):
-    args = [
-        sys.executable,
-        str(REPO / "recipes" / "train.py"),
-        str(REPO / "hparams" / hparams),
-        f"--data_folder={corpus}",
-        f"--output_folder={output}",
-    ]
-    return args + TINY + list(extra)
-
-
-def run_recipe(command, **kwargs):
-    result = subprocess.run(
-        command, cwd=REPO, capture_output=True, text=True, timeout=600, **kwargs
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
-
-
-def logged_epochs(output):
-    """Epoch numbers of the train log's validation lines, in order."""
-    lines = (Path(output) / "train_log.txt").read_text().splitlines()
-    return [
-        int(line.split("epoch: ")[1].split(",")[0])
-        for line in lines
-        if line.startswith("epoch: ")
-    ]
-
-
 def assert_checkpoint_reloads(output, **model_args):
     state = torch.load(
         Path(output) / "model" / "embedding_model.ckpt", weights_only=True
@@ -102,30 +64,7 @@ def assert_checkpoint_reloads(output, **model_args):
     model.load_state_dict(state, strict=True)
 
 
-OFFLINE_LOAD = """
-import socket, sys, torch
-def refuse(*args, **kwargs):
-    raise OSError("network access attempted")
-socket.socket = socket.create_connection = refuse
-from speechbrain.inference.classifiers import EncoderClassifier
-model = EncoderClassifier.from_hparams(source=sys.argv[1], savedir=sys.argv[2])
-wavs = torch.randn(2, 24000) * 0.1
-print(tuple(model.encode_batch(wavs).shape))
-print(",".join(model.classify_batch(wavs)[3]))
-"""
 SPEAKER_AGE_GROUPS = {"child", "teens", "twenties", "thirties+"}
-
-
-def assert_encoder_classifier_loads_offline(folder, tmp_path, classes):
-    """SpeechBrain's own EncoderClassifier loads the model folder with sockets disabled."""
-    result = subprocess.run(
-        [sys.executable, "-c", OFFLINE_LOAD, str(folder), str(tmp_path / "loaded")],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    shape, labels = result.stdout.splitlines()[-2:]
-    assert shape.startswith("(2, 1,")
-    assert set(labels.split(",")) <= classes
 
 
 def test_age_recipe_end_to_end(corpus, tmp_path):
@@ -178,6 +117,13 @@ def test_speaker_recipe_end_to_end_and_export(corpus, tmp_path):
     assert (
         0 <= metrics["eer"] <= 1 and metrics["min_dcf"] >= 0 and metrics["trials"] > 0
     )
+    # Kaldi dirs have no trial list: random pairs of the held-out test utterances.
+    assert metrics["trial_list"] is None
+    test_ids = {line.split(",")[0] for line in
+                (output / "manifests" / "test.csv").read_text().splitlines()[1:]}
+    pairs = scored_trials(output)
+    assert len(pairs) == metrics["trials"] and {u for p in pairs for u in p} <= test_ids
+    assert "random pairs" in (output / "model" / "model_card.md").read_text()
     for name in (
         "verification_scores.png",
         "embeddings_pca.png",

@@ -1,6 +1,8 @@
 """``dmha age``: audio files -> age group, group probabilities and years (CSV).
 
-Columns: ``id, path, age_group, age_years`` and ``p_<group>`` per group;
+Columns: ``id, path, age_group, age_years`` and ``p_<group>`` per group
+(``age_years`` empty for models trained without ages in years, ``age_group``
+empty where an imported ordinal model's rule reaches no group);
 bad files are reported and left out.
 """
 
@@ -49,7 +51,8 @@ def run(args):
             report_skipped(age)
             failed += 1
             continue
-        rows.append([utterance, path, age["group"], f"{age['years']:.2f}"]
+        years = "" if age["years"] is None else f"{age['years']:.2f}"
+        rows.append([utterance, path, age["group"], years]
                     + [f"{age['probabilities'][g]:.4f}" for g in groups])
     require_output(len(rows) - 1, args.out)
     write_atomic(args.out, lambda out: csv.writer(out).writerows(rows))
