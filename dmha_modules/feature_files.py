@@ -206,12 +206,15 @@ def _extract_one(task):
     except AudioError as error:
         return line_number, str(error)
     if sample_rate not in _EXTRACTORS:
-        _EXTRACTORS[sample_rate] = LogMelFeatures(sample_rate=sample_rate, n_mels=80)
+        # The original's framing, so the files equal its featureExtractor's pickles.
+        _EXTRACTORS[sample_rate] = LogMelFeatures(
+            sample_rate=sample_rate, n_mels=80, framing="original"
+        )
     extractor = _EXTRACTORS[sample_rate]
     if extractor.num_frames(signal.shape[0]) == 0:
         return line_number, (
             f"{audio_path}: {signal.shape[0]} samples are too short for one "
-            f"{extractor.win_length}-sample analysis window"
+            f"{extractor.frame_length}-sample frame"
         )
     with torch.no_grad():
         features = extractor(signal[None])[0]
