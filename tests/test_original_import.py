@@ -19,6 +19,7 @@ import pytest
 import soundfile as sf
 import torch
 import torch.nn.functional as F
+import yaml
 from speechbrain.inference.classifiers import EncoderClassifier
 
 from dmha_modules.inference import AgeClassifier
@@ -103,7 +104,9 @@ def test_group_names_and_ages_are_checked_against_the_model(tmp_path):
                                 group_ages=[10, 20, 30, 40, 50, 60])
     text = (tmp_path / "m" / "hyperparams.yaml").read_text()
     assert "task: age" in text and "framing: original" in text
-    assert "group_centres: [10.0, 20.0, 30.0, 40.0, 50.0, 60.0]" in text
+    settings = yaml.safe_load(text[text.index("group_posteriors:"):text.index("label_encoder:")])
+    assert settings["group_centres"] == [10.0, 20.0, 30.0, 40.0, 50.0, 60.0]
+    assert settings["decision"] == "argmax"
     # The decade names' middles, written out: the years of the defaults.
     assert group_centres(AGE_GROUPS) == [25.0, 35.0, 45.0, 55.0, 65.0, 75.0]
 
