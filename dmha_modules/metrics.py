@@ -5,7 +5,7 @@
 - ``verification_metrics``: EER and normalised minDCF of trial scores, with
   their thresholds, as SpeechBrain's ``EER`` and ``minDCF`` define them.
 - ``operating_points``: miss and false-alarm rates at every threshold (the
-  points of a DET curve).
+  points of a DET curve); ``rates_at_threshold``: at one threshold.
 - ``trial_pairs``: verification trials from the speakers of utterances.
 - ``cosine_scores``: cosine similarity of the two embeddings of each trial.
 
@@ -187,6 +187,34 @@ def operating_points(scores, labels):
         scores, labels
     )
     return thresholds, misses / n_target, false_alarms / n_nontarget
+
+
+def rates_at_threshold(scores, labels, threshold):
+    """Miss and false-alarm probabilities of the decisions ``score > threshold``.
+
+    Arguments
+    ---------
+    scores : sequence, numpy.ndarray or torch.Tensor
+        Trial scores ``(N,)``; finite.
+    labels : sequence, numpy.ndarray or torch.Tensor
+        ``(N,)``: 1 or True for target trials, 0 or False else; both occur.
+    threshold : float
+        Trials scoring above it are accepted.
+
+    Returns
+    -------
+    p_miss, p_false_alarm : float
+
+    Example
+    -------
+    >>> rates_at_threshold([0.9, 0.4, 0.7, 0.1], [1, 1, 0, 0], 0.5)
+    (0.5, 0.5)
+    """
+    _, _, _, n_target, n_nontarget = _error_counts(scores, labels)  # checks the inputs
+    scores, is_target = as_numpy(scores), as_numpy(labels).astype(bool)
+    accepted = scores > threshold
+    return (float((~accepted[is_target]).sum() / n_target),
+            float(accepted[~is_target].sum() / n_nontarget))
 
 
 def verification_metrics(scores, labels, p_target=0.01, c_miss=1.0, c_fa=1.0):

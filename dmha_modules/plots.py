@@ -24,7 +24,12 @@ from matplotlib.lines import Line2D
 from scipy.special import ndtri
 
 from dmha_modules.atomic import atomic_paths
-from dmha_modules.metrics import as_numpy, operating_points, verification_metrics
+from dmha_modules.metrics import (
+    as_numpy,
+    operating_points,
+    rates_at_threshold,
+    verification_metrics,
+)
 
 DPI = 120
 
@@ -190,7 +195,27 @@ def det_limits(p_miss, p_false_alarm, eer, n_target, n_nontarget):
     return low, min(high, 1 - low)
 
 
-def plot_verification_scores(scores, labels, path, title=None, p_target=0.01):
+def probit(probabilities):
+    """Normal deviates of probabilities, 0 and 1 (at infinity) moved far off the axes.
+
+    The axes of a DET plot then cut the segments to them where they would
+    cross, rather than bending them as clipping to the border would.
+    """
+    return ndtri(np.clip(probabilities, 1e-9, 1 - 1e-9))
+
+
+def _mark_operating_point(det, histogram, scores, labels, operating_point):
+    """Draws a decision threshold: its point on the DET curve, its line on the histograms."""
+    threshold, name = operating_point
+    p_miss, p_false_alarm = rates_at_threshold(scores, labels, threshold)
+    det.plot(probit(p_false_alarm), probit(p_miss), "s", color="tab:purple",
+             label=f"{name}: FA {100 * p_false_alarm:.2f}%, miss {100 * p_miss:.2f}%")
+    histogram.axvline(threshold, color="tab:purple", lw=1.5,
+                      label=f"threshold {threshold:.3f} ({name})")
+
+
+def plot_verification_scores(scores, labels, path, title=None, p_target=0.01,
+                             operating_point=None):
     """DET curve and score histograms of verification trials.
 
     Left: the DET curve, miss against false-alarm probability on normal
@@ -199,8 +224,9 @@ def plot_verification_scores(scores, labels, path, title=None, p_target=0.01):
     past the curve and the EER; rates of 0 and 1, at infinity on these axes,
     run off them. Right: histograms (densities, since non-target trials usually
     far outnumber target ones) of the target and non-target scores, with the
-    EER threshold. Scores that are all equal give a sensible, if
-    uninformative, figure.
+    EER threshold. With ``operating_point``, its threshold is marked on both
+    (a square on the DET curve, off the axes when a rate is 0 or 1). Scores
+    that are all equal give a sensible, if uninformative, figure.
 
     Arguments
     ---------
@@ -214,6 +240,9 @@ def plot_verification_scores(scores, labels, path, title=None, p_target=0.01):
         Figure title.
     p_target : float
         Target prior of the minDCF given in the legend.
+    operating_point : tuple, optional
+        ``(threshold, name)``: a decision threshold on the scores ("accept
+        when above") and what it is, such as ``"target FAR 1%"``.
 
     Returns
     -------
@@ -254,17 +283,11 @@ def plot_verification_scores(scores, labels, path, title=None, p_target=0.01):
     eer = metrics["eer"]
     low, high = det_limits(p_miss, p_false_alarm, eer, n_target, n_nontarget)
 
-    def probit(probabilities):
-        """Normal deviates of probabilities, 0 and 1 (at infinity) moved far off the axes.
-
-        The axes then cut the segments to them where they would cross,
-        rather than bending them as clipping to the border would.
-        """
-        return ndtri(np.clip(probabilities, 1e-9, 1 - 1e-9))
-
     det.plot(probit(p_false_alarm), probit(p_miss), color="tab:blue", lw=1.5)
     det.plot(probit([low, high]), probit([low, high]), color="grey", ls=":", lw=1)
     det.plot(probit(eer), probit(eer), "o", color="tab:red", label=f"EER {100 * eer:.2f}%")
+    if operating_point is not None:
+        _mark_operating_point(det, histogram, scores, is_target, operating_point)
     ticks = [tick for tick in DET_TICKS if low <= tick <= high]
     for set_ticks in (det.set_xticks, det.set_yticks):
         set_ticks(probit(ticks), labels=[f"{100 * tick:g}" for tick in ticks])
@@ -431,3 +454,55 @@ def label_colours(n_labels):
         return [palette(i) for i in range(n_labels)]
     rainbow = colormaps["turbo"]
     return [rainbow(0.05 + 0.9 * ((i * 0.618034) % 1)) for i in range(n_labels)]
+
+
+def plot_reliability(curves, path, title=None):
+    """Reliability diagram: accuracy against confidence per bin, and the bins' counts.
+
+    A calibrated model's points lie on the diagonal. Each curve is one set
+    of probabilities of the same rows (e.g. before and after a temperature),
+    binned by :func:`dmha_modules.age_uncertainty.reliability_bins`; empty
+    bins are not drawn.
+
+    Arguments
+    ---------
+    curves : dict
+        Legend label -> ``(counts, accuracies, confidences)`` per bin.
+    path : str
+        PNG file to write.
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    str
+        ``path``.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> bins = (np.array([0, 3, 1]), np.array([0, 0.6, 1.0]), np.array([0, 0.5, 0.9]))
+    >>> path = os.path.join(tempfile.mkdtemp(), "reliability.png")
+    >>> plot_reliability({"raw (ECE 0.1)": bins}, path) == path
+    True
+    """
+    figure = Figure(figsize=(5.5, 6.5), dpi=DPI, layout="constrained")
+    diagram, histogram = figure.subplots(
+        2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    diagram.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="calibrated")
+    for label, (counts, accuracies, confidences) in curves.items():
+        filled = np.asarray(counts) > 0
+        line, = diagram.plot(np.asarray(confidences)[filled], np.asarray(accuracies)[filled],
+                             marker="o", label=label)
+        edges = np.linspace(0, 1, len(counts) + 1)
+        histogram.stairs(counts, edges, color=line.get_color())
+    diagram.set_xlim(0, 1)
+    diagram.set_ylim(0, 1)
+    diagram.set_ylabel("accuracy")
+    diagram.legend(loc="upper left", fontsize="small")
+    diagram.grid(True, alpha=0.3)
+    histogram.set_xlabel("confidence (largest probability)")
+    histogram.set_ylabel("rows")
+    if title:
+        diagram.set_title(title)
+    return save_png(figure, path)

@@ -25,6 +25,7 @@ from dmha_modules.metrics import (
     classification_metrics,
     cosine_scores,
     operating_points,
+    rates_at_threshold,
     trial_pairs,
     verification_metrics,
 )
@@ -232,6 +233,19 @@ def test_hand_computed_operating_points():
     assert thresholds.tolist() == [0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.9]
     assert p_miss.tolist() == pytest.approx([0, 0, 0, 1 / 3, 2 / 3, 2 / 3, 1])
     assert p_fa.tolist() == pytest.approx([3 / 4, 2 / 4, 1 / 4, 1 / 4, 1 / 4, 0, 0])
+
+
+def test_rates_at_a_threshold_are_those_of_the_operating_points():
+    thresholds, p_miss, p_fa = operating_points(HAND_SCORES, HAND_LABELS)
+    for threshold, miss, false_alarm in zip(thresholds, p_miss, p_fa):
+        assert rates_at_threshold(HAND_SCORES, HAND_LABELS, threshold) == pytest.approx(
+            (miss, false_alarm))
+    # Between scores, and beyond them: accept all, reject all.
+    assert rates_at_threshold(HAND_SCORES, HAND_LABELS, 0.65) == pytest.approx((2 / 3, 1 / 4))
+    assert rates_at_threshold(HAND_SCORES, HAND_LABELS, -1.0) == (0.0, 1.0)
+    assert rates_at_threshold(HAND_SCORES, HAND_LABELS, 5.0) == (1.0, 0.0)
+    with pytest.raises(ValueError, match="need target and non-target"):
+        rates_at_threshold([0.1, 0.2], [1, 1], 0.0)
 
 
 def test_perfectly_separated_scores():

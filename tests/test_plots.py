@@ -146,7 +146,30 @@ def test_verification_scores_draw_det_and_histograms(tmp_path, drawn):
     assert marker.get_xdata()[0] == marker.get_ydata()[0] == pytest.approx(ndtri(eer), abs=1e-3)
     names = [text.get_text() for text in histogram.get_legend().get_texts()]
     assert names[:2] == ["non-target (n=3000)", "target (n=300)"]
+    assert not [line for line in det.get_lines() if line.get_marker() == "s"]  # no point
     assert histogram.get_xlabel() == "score"
+
+
+def test_verification_scores_mark_the_operating_point(tmp_path, drawn):
+    scores, labels = separated_trials()
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
+    threshold = float(np.quantile(scores[~labels], 0.97))
+    path = plot_verification_scores(scores, labels, tmp_path / "scores.png",
+                                    operating_point=(threshold, "target FAR 3%"))
+    assert_readable_png(path)
+    det, histogram = drawn[0].axes
+    # Counted here: the share of non-targets above the threshold, of targets at or below.
+    p_fa = (scores[~labels] > threshold).mean()
+    p_miss = (scores[labels] <= threshold).mean()
+    square = [line for line in det.get_lines() if line.get_marker() == "s"][0]
+    assert square.get_xdata()[0] == pytest.approx(ndtri(p_fa))
+    assert square.get_ydata()[0] == pytest.approx(ndtri(p_miss))
+    legend = [text.get_text() for text in det.get_legend().get_texts()]
+    assert f"target FAR 3%: FA {100 * p_fa:.2f}%, miss {100 * p_miss:.2f}%" in legend
+    lines = [line for line in histogram.get_lines() if line.get_color() == "tab:purple"]
+    assert len(lines) == 1 and lines[0].get_xdata()[0] == pytest.approx(threshold)
+    names = [text.get_text() for text in histogram.get_legend().get_texts()]
+    assert f"threshold {threshold:.3f} (target FAR 3%)" in names
 
 
 def test_verification_scores_all_equal_are_drawn(tmp_path, drawn):

@@ -5,7 +5,9 @@
 - ``dmha embed``: audio files -> embeddings (:mod:`.embed`);
 - ``dmha age``: audio files -> age group, probabilities and years (:mod:`.age`);
 - ``dmha verify``: two files -> score and same-speaker decision (:mod:`.verify`);
-- ``dmha score``: a trial list -> scores, EER and minDCF (:mod:`.score`);
+- ``dmha score``: a trial list -> scores, EER, minDCF, Cllr and minCllr (:mod:`.score`);
+- ``dmha calibrate``: a development trial list -> ``calibration.json``, the
+  map of scores to LLRs and the threshold of an operating point (:mod:`.calibrate`);
 - ``dmha export``: a training output folder -> a model folder, ONNX (:mod:`.export`);
 - ``dmha import-original`` (or ``import-seed``): an original-code model -> a model
   folder (:mod:`.import_original`).
@@ -31,6 +33,7 @@ import logging
 from dmha_modules.allocator import keep_freed_memory
 from dmha_modules.cli import (
     age,
+    calibrate,
     embed,
     export,
     features,
@@ -44,7 +47,7 @@ from dmha_modules.cli.options import function_arguments
 
 __all__ = ["build_parser", "function_arguments", "main"]
 
-VERBS = (prepare, features, embed, age, verify, score, export, import_original)
+VERBS = (prepare, features, embed, age, verify, score, calibrate, export, import_original)
 
 
 def build_parser():

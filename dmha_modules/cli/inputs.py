@@ -1,5 +1,8 @@
 """What the verbs that use a model read: audio files, model folders, embeddings of files.
 
+A model folder's ``calibration.json`` (``dmha calibrate``) is read by
+:func:`read_calibration`; folders without one give cosine scores as before.
+
 Audio is named as files on the command line (ids: the paths without
 extension), a ``--list`` (``path`` or ``id path`` per line, Kaldi
 ``wav.scp`` style: everything after the id is the path, spaces included) or
@@ -24,7 +27,8 @@ import tempfile
 
 import numpy as np
 
-from dmha_modules.audio import AUDIO_EXTENSIONS
+from dmha_modules.audio import AUDIO_EXTENSIONS, audio_info
+from dmha_modules.calibration import load_calibration
 from dmha_modules.cli.errors import InputError, report_skipped
 from dmha_modules import inference
 from dmha_modules.inference import AudioError, DMHAClassifier
@@ -193,3 +197,37 @@ def embed_paths(model, paths, args, embed=None):
         if index not in failed:
             embeddings[index] = result.numpy()
     return embeddings, failed
+
+
+# What the verbs say of a model folder without calibration.json.
+NOT_CALIBRATED = "not calibrated: cosine scores (dmha calibrate stores a calibration to LLRs)"
+
+
+def read_calibration(folder):
+    """The ``Calibration`` of a model folder, None without ``calibration.json``.
+
+    A ``calibration.json`` that cannot be used is an ``InputError`` naming it.
+    """
+    try:
+        return load_calibration(folder)
+    except ValueError as error:
+        raise InputError(str(error)) from None
+
+
+def trial_seconds(trials):
+    """``(N, 2)`` durations in seconds of the two files of each ``(enrol, test, ...)`` trial.
+
+    Example
+    -------
+    >>> import soundfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.wav")
+    >>> soundfile.write(path, np.zeros(8000), 16000)
+    >>> trial_seconds([(path, path, 1)]).tolist()
+    [[0.5, 0.5]]
+    """
+    seconds = {}
+    for path in {path for trial in trials for path in trial[:2]}:
+        info = audio_info(path)
+        seconds[path] = info.frames / info.samplerate
+    return np.array([[seconds[enrol], seconds[test]] for enrol, test, *_ in trials],
+                    dtype=np.float64).reshape(-1, 2)

@@ -1,8 +1,11 @@
-"""``dmha score``: a trial list -> scores; EER and minDCF when it is labelled.
+"""``dmha score``: a trial list -> scores; EER, minDCF, Cllr and minCllr when it is labelled.
 
 Trial lists are read by :func:`dmha_modules.trials.read_trials` (VoxCeleb,
 Kaldi or unlabelled lines). With ``--cohort`` the scores are adaptive
-s-norm'd. Trials of files that fail are reported and left out.
+s-norm'd. Trials of files that fail are reported and left out. A model
+folder with ``calibration.json`` (``dmha calibrate``) gives LLRs and a
+decision per trial at its stored threshold; one without gives cosine scores,
+as before calibration existed, and says so.
 """
 
 import os
@@ -12,8 +15,16 @@ import numpy as np
 import torch
 
 from dmha_modules.atomic import write_atomic
+from dmha_modules.calibration import cllr, min_cllr
 from dmha_modules.cli.errors import InputError, batch_status, require_output
-from dmha_modules.cli.inputs import check_writable, embed_paths, load_model
+from dmha_modules.cli.inputs import (
+    NOT_CALIBRATED,
+    check_writable,
+    embed_paths,
+    load_model,
+    read_calibration,
+    trial_seconds,
+)
 from dmha_modules.cli.options import (
     add_command,
     batching_options,
@@ -21,7 +32,12 @@ from dmha_modules.cli.options import (
     option,
     out_option,
 )
-from dmha_modules.metrics import adaptive_snorm, cosine_scores, verification_metrics
+from dmha_modules.metrics import (
+    adaptive_snorm,
+    cosine_scores,
+    rates_at_threshold,
+    verification_metrics,
+)
 from dmha_modules.trials import read_trials
 
 
@@ -30,13 +46,17 @@ def register(commands):
     parser = add_command(
         commands, "score", run, help="score a trial list; EER and minDCF when labelled",
         description="Score trials. Lines: 'label enrol test' (VoxCeleb, label 1/0), "
-        "'enrol test target|nontarget' (Kaldi) or 'enrol test' (unlabelled).",
+        "'enrol test target|nontarget' (Kaldi) or 'enrol test' (unlabelled). With the "
+        "model folder's calibration.json (dmha calibrate) the scores are LLRs, each with "
+        "its decision at the stored threshold.",
     )
     model_options(parser)
     option(parser, "trials", required=True, help="trial list")
     option(parser, "data_root", default=".", help="folder the trial paths are relative to")
-    out_option(parser, "scores file: 'enrol test score' lines")
-    option(parser, "cohort", help="list of cohort audio files: adaptive s-norm")
+    out_option(parser, "scores file: 'enrol test score' lines, or 'enrol test llr "
+               "accept|reject' with a calibrated model")
+    option(parser, "cohort", help="list of cohort audio files: adaptive s-norm (then "
+           "without calibration, which maps plain cosine scores)")
     option(parser, "top_n", type=int, default=200,
            help="cohort scores per utterance for s-norm")
     option(parser, "p_target", type=float, default=0.01, help="target prior of minDCF")
@@ -44,7 +64,7 @@ def register(commands):
     batching_options(parser)
 
 
-def _trials(path, data_root):
+def read_trial_paths(path, data_root):
     """``(enrol path, test path, label or None)`` per trial; every bad line in one ``InputError``.
     """
     trials, problems = read_trials(path)
@@ -53,6 +73,27 @@ def _trials(path, data_root):
                            for line, message in problems))
     return [(os.path.join(data_root, enrol), os.path.join(data_root, test), label)
             for _, label, enrol, test in trials]
+
+
+def embed_trials(model, trials, args):
+    """Embeds the trials' files; the trials whose files all embed.
+
+    Returns
+    -------
+    kept : list of tuple
+        The trials kept, as given.
+    embeddings : torch.Tensor
+        ``(files, E)``.
+    pairs : torch.Tensor
+        ``(len(kept), 2)`` rows of ``embeddings`` of each kept trial.
+    """
+    paths = sorted({path for enrol, test, _ in trials for path in (enrol, test)})
+    index = {path: i for i, path in enumerate(paths)}
+    embeddings, failed = embed_paths(model, paths, args)
+    bad = set(failed)
+    kept = [t for t in trials if index[t[0]] not in bad and index[t[1]] not in bad]
+    pairs = torch.tensor([(index[e], index[t]) for e, t, _ in kept], dtype=torch.long)
+    return kept, torch.from_numpy(embeddings), pairs.reshape(-1, 2)
 
 
 def _cohort(model, args):
@@ -66,45 +107,88 @@ def _cohort(model, args):
     return torch.from_numpy(cohort)
 
 
-def _print_metrics(scores, labels, args):
-    """EER and minDCF of labelled scores (and the ``--plot``)."""
-    if labels.min() == labels.max():
-        print("EER/minDCF need both target and non-target trials", file=sys.stderr)
-        return
-    metrics = verification_metrics(scores, labels, p_target=args.p_target)
-    print(f"EER {100 * metrics['eer']:.2f}% (threshold {metrics['eer_threshold']:.4f}) "
-          f"minDCF(p_target={args.p_target}) {metrics['min_dcf']:.4f}")
-    if args.plot:
-        from dmha_modules.plots import plot_verification_scores  # matplotlib: slow to import
+def print_metrics(scores, labels, p_target, calibration=None):
+    """EER, minDCF, Cllr and minCllr of labelled scores; the rates at a calibration's threshold.
 
-        plot_verification_scores(scores, labels, args.plot, title=args.trials,
-                                 p_target=args.p_target)
+    Arguments
+    ---------
+    scores : numpy.ndarray
+        ``(N,)`` cosine scores, or LLRs with ``calibration``.
+    labels : numpy.ndarray
+        ``(N,)`` 1 for target trials, 0 else; both occur.
+    p_target : float
+        The target prior of minDCF (and of the actual DCF at the threshold).
+    calibration : Calibration, optional
+        Whose threshold the scores (LLRs) are decided at.
+    """
+    metrics = verification_metrics(scores, labels, p_target=p_target)
+    print(f"EER {100 * metrics['eer']:.2f}% (threshold {metrics['eer_threshold']:.4f}) "
+          f"minDCF(p_target={p_target}) {metrics['min_dcf']:.4f} "
+          f"Cllr {cllr(scores, labels):.4f} minCllr {min_cllr(scores, labels):.4f}")
+    if calibration is not None:
+        p_miss, p_fa = rates_at_threshold(scores, labels, calibration.threshold)
+        dcf = (p_target * p_miss + (1 - p_target) * p_fa) / min(p_target, 1 - p_target)
+        print(f"at the threshold {calibration.threshold:.4f} ({calibration.point_name()}): "
+              f"false accepts {100 * p_fa:.2f}%, misses {100 * p_miss:.2f}%, "
+              f"actual DCF(p_target={p_target}) {dcf:.4f}")
+
+
+def _lines(kept, scores, data_root, calibration):
+    """The scores file's lines: ``enrol test score`` (and ``accept|reject`` when calibrated)."""
+    lines = []
+    for (enrol, test, _), score in zip(kept, scores.tolist()):
+        line = f"{os.path.relpath(enrol, data_root)} {os.path.relpath(test, data_root)} {score:.6f}"
+        if calibration is not None:
+            line += " accept" if score > calibration.threshold else " reject"
+        lines.append(line + "\n")
+    return lines
+
+
+def _calibration(args):
+    """The model folder's calibration if it applies to these scores; says which scores they are."""
+    calibration = read_calibration(args.model)
+    if calibration is None:
+        print(NOT_CALIBRATED)
+    elif args.cohort:
+        print("calibration.json not applied: it maps plain cosine scores, these are s-normed")
+        return None
+    else:
+        print(f"LLRs of calibration.json: {calibration.describe()}")
+    return calibration
 
 
 def run(args):
     """Scores the trials whose files embed; writes the scores, prints the metrics."""
     for out in filter(None, (args.out, args.plot)):
         check_writable(out, parent_must_exist=True)
-    trials = _trials(args.trials, args.data_root)
-    paths = sorted({path for enrol, test, _ in trials for path in (enrol, test)})
-    index = {path: i for i, path in enumerate(paths)}
+    trials = read_trial_paths(args.trials, args.data_root)
+    calibration = _calibration(args)
     with load_model(args.model, args.device, trust_model=args.trust_model) as model:
-        embeddings, failed = embed_paths(model, paths, args)
+        kept, embeddings, pairs = embed_trials(model, trials, args)
         cohort = _cohort(model, args) if args.cohort else None
-    bad = set(failed)
-    kept = [t for t in trials if index[t[0]] not in bad and index[t[1]] not in bad]
     require_output(len(kept), args.out)
-    pairs = torch.tensor([(index[e], index[t]) for e, t, _ in kept], dtype=torch.long)
-    embeddings = torch.from_numpy(embeddings)
     if cohort is None:
-        scores = cosine_scores(embeddings, pairs)
+        scores = cosine_scores(embeddings, pairs).numpy().astype(np.float64)
     else:
-        scores = adaptive_snorm(embeddings, pairs, cohort, args.top_n)
-    lines = [f"{os.path.relpath(e, args.data_root)} {os.path.relpath(t, args.data_root)} "
-             f"{s:.6f}\n" for (e, t, _), s in zip(kept, scores.tolist())]
+        scores = adaptive_snorm(embeddings, pairs, cohort, args.top_n).numpy().astype(np.float64)
+    if calibration is not None:
+        scores = calibration.llrs(scores, trial_seconds(kept) if calibration.quality else None)
+    lines = _lines(kept, scores, args.data_root, calibration)
     write_atomic(args.out, lambda out: out.writelines(lines))
     status = batch_status(f"{len(kept)} trials scored into {args.out}",
                           len(trials) - len(kept), "skipped for failed files")
-    if kept and kept[0][2] is not None:
-        _print_metrics(scores, torch.tensor([label for *_, label in kept]), args)
+    labels = np.array([label for *_, label in kept])
+    if kept[0][2] is None:
+        return status
+    if labels.min() == labels.max():
+        print("EER/minDCF need both target and non-target trials", file=sys.stderr)
+        return status
+    print_metrics(scores, labels, args.p_target, calibration)
+    if args.plot:
+        from dmha_modules.plots import plot_verification_scores  # matplotlib: slow to import
+
+        point = None if calibration is None else (calibration.threshold,
+                                                  calibration.point_name())
+        plot_verification_scores(scores, labels, args.plot, title=args.trials,
+                                 p_target=args.p_target, operating_point=point)
     return status

@@ -1,40 +1,65 @@
-"""``dmha verify``: two audio files -> cosine score and same-speaker decision.
+"""``dmha verify``: two audio files -> score and same-speaker decision.
 
-The threshold is ``--threshold`` or the model's own (its EER threshold on
-its test speakers).
+With the model folder's ``calibration.json`` (``dmha calibrate``) the score
+is an LLR, decided at the stored threshold of the operating point chosen
+there. Without it (folders written before calibration existed, age models,
+imported ones) it is the cosine, decided at ``--threshold`` or the model's
+own (its EER threshold on its test speakers), and the output says so.
 """
 
 import torch
 
 from dmha_modules.cli.errors import InputError
-from dmha_modules.cli.inputs import load_model
+from dmha_modules.cli.inputs import NOT_CALIBRATED, load_model, read_calibration, trial_seconds
 from dmha_modules.cli.options import add_command, model_options, option
+
+DECISIONS = {True: "same speaker", False: "different speakers"}
 
 
 def register(commands):
     """Adds ``verify`` to the ``dmha`` verbs."""
     parser = add_command(
         commands, "verify", run, help="are two audio files the same speaker?",
-        description="Cosine score of two files' embeddings and the decision at the "
-        "threshold (by default the model's EER threshold on its test speakers).",
+        description="Score two files and decide. With the model folder's calibration.json "
+        "(dmha calibrate): the LLR, decided at the stored threshold; else the cosine of the "
+        "embeddings, decided at the model's EER threshold on its test speakers.",
     )
     model_options(parser)
     parser.add_argument("enrol", help="first audio file")
     parser.add_argument("test", help="second audio file")
-    option(parser, "threshold", type=float, help="cosine above which it is a match")
+    option(parser, "threshold", type=float,
+           help="decide here instead: an LLR with a calibrated model, else a cosine")
+
+
+def _uncalibrated_threshold(model, args):
+    """``--threshold`` or the model's EER threshold; an ``InputError`` when there is none."""
+    threshold = args.threshold
+    if threshold is None:
+        threshold = getattr(model.hparams, "verification_threshold", None)
+    if threshold is None:
+        raise InputError(f"{args.model} has no verification threshold (an age model, "
+                         "or imported); pass --threshold")
+    return threshold
 
 
 def run(args):
     """Prints the score, the threshold and the decision."""
+    calibration = read_calibration(args.model)
     with load_model(args.model, args.device, trust_model=args.trust_model) as model:
-        threshold = args.threshold
-        if threshold is None:
-            threshold = getattr(model.hparams, "verification_threshold", None)
-        if threshold is None:
-            raise InputError(f"{args.model} has no verification threshold (an age model, "
-                             "or imported); pass --threshold")
+        if calibration is None:
+            threshold = _uncalibrated_threshold(model, args)
         enrol, test = model.embed_file(args.enrol), model.embed_file(args.test)
     score = float(torch.nn.functional.cosine_similarity(enrol, test, dim=0))
-    decision = "same speaker" if score > threshold else "different speakers"
-    print(f"score {score:.4f} threshold {threshold:.4f}: {decision}")
+    if calibration is None:
+        print(f"score {score:.4f} threshold {threshold:.4f}: {DECISIONS[score > threshold]}")
+        print(NOT_CALIBRATED + ("; the threshold is the model's EER threshold on its test "
+                                "speakers" if args.threshold is None else "; the threshold is "
+                                "--threshold"))
+        return 0
+    seconds = trial_seconds([(args.enrol, args.test)]) if calibration.quality else None
+    llr = float(calibration.llrs([score], seconds)[0])
+    threshold = calibration.threshold if args.threshold is None else args.threshold
+    point = calibration.point_name() if args.threshold is None else "--threshold"
+    print(f"llr {llr:.4f} threshold {threshold:.4f} ({point}): {DECISIONS[llr > threshold]}")
+    print(f"cosine {score:.4f}; calibration.json: {calibration.describe()}")
     return 0

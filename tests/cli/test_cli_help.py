@@ -18,6 +18,7 @@ COMMANDS = [
     ["age"],
     ["verify"],
     ["score"],
+    ["calibrate"],
     ["export"],
     ["import-original"],
     ["import-seed"],

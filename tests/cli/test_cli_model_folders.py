@@ -26,7 +26,7 @@ def model_verbs(models, audio, tmp_path):
     """Every verb that loads a model folder: name -> (source model, args after --model)."""
     wav = audio / "spk1/a.wav"
     trials = tmp_path / "trials.txt"
-    trials.write_text("1 spk1/a.wav spk2/c.wav\n", encoding="utf-8")
+    trials.write_text("1 spk1/a.wav spk1/a.wav\n0 spk1/a.wav spk2/c.wav\n", encoding="utf-8")
     return {
         "embed": ("speaker", ["--out", tmp_path / "e.npz", "--no_progress", wav]),
         "age": ("age", ["--out", tmp_path / "ages.csv", "--no_progress", wav]),
@@ -34,6 +34,8 @@ def model_verbs(models, audio, tmp_path):
         "score": ("speaker", ["--trials", trials, "--data_root", audio, "--out",
                               tmp_path / "scores.txt", "--no_progress"]),
         "export": ("speaker", ["--onnx"]),
+        "calibrate": ("speaker", ["--trials", trials, "--data_root", audio, "--p_target",
+                                  "0.01", "--no_progress"]),
     }
 
 
@@ -59,7 +61,7 @@ def test_folders_dmha_writes_pass_the_check(models):
 
 
 @pytest.mark.parametrize("kind", list(UNSAFE))
-@pytest.mark.parametrize("verb", ["embed", "age", "verify", "score", "export"])
+@pytest.mark.parametrize("verb", ["embed", "age", "verify", "score", "export", "calibrate"])
 def test_every_model_verb_refuses_yaml_that_runs_code(models, audio, tmp_path, capsys, verb,
                                                       kind):
     marker = tmp_path / "MARKER"
@@ -127,7 +129,7 @@ def break_checkpoint(folder, kind, marker):
 
 
 @pytest.mark.parametrize("kind", ["missing", "truncated", "pickled code"])
-@pytest.mark.parametrize("verb", ["embed", "age", "verify", "score", "export"])
+@pytest.mark.parametrize("verb", ["embed", "age", "verify", "score", "export", "calibrate"])
 def test_bad_checkpoints_are_named_in_the_model_folder(models, audio, tmp_path, capsys, verb,
                                                        kind):
     marker = tmp_path / "MARKER"

@@ -8,6 +8,7 @@ import soundfile
 import torch
 from tests.cli.cli_helpers import AUDIO, cosine, run_cli
 from speechbrain.utils.metric_stats import EER, minDCF
+from tests.test_calibration import direct_cllr, reference_pav_llrs
 from tests.test_inference import voice
 
 # ---------------------------------------------------------------- dmha score
@@ -48,6 +49,9 @@ def test_score_trial_lists(models, audio, reference, tmp_path, capsys, kind):
                          for e, t in PAIRS])
     np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-5)
     assert np.ptp(expected) > 0.1
+    # A folder without calibration.json (as every one before calibration existed): cosines.
+    assert stdout.splitlines()[0] == (
+        "not calibrated: cosine scores (dmha calibrate stores a calibration to LLRs)")
     if kind == "unlabelled":
         assert "EER" not in stdout
         return
@@ -56,10 +60,15 @@ def test_score_trial_lists(models, audio, reference, tmp_path, capsys, kind):
     eer, _ = EER(positive, negative)
     cost, _ = minDCF(positive, negative, p_target=0.01)
     match = re.search(r"EER (\d+\.\d\d)% \(threshold (-?\d+\.\d{4})\) "
-                      r"minDCF\(p_target=0\.01\) (\d+\.\d{4})", stdout)
+                      r"minDCF\(p_target=0\.01\) (\d+\.\d{4}) Cllr (\d+\.\d{4}) "
+                      r"minCllr (\d+\.\d{4})", stdout)
     assert match, stdout
     assert float(match[1]) == pytest.approx(100 * eer, abs=0.006)
     assert float(match[3]) == pytest.approx(cost / 0.01, abs=6e-5)
+    # Cllr of the cosines taken as LLRs, and of their PAV-optimal map, written out.
+    assert float(match[4]) == pytest.approx(direct_cllr(expected, same), abs=6e-5)
+    best = direct_cllr(reference_pav_llrs(expected.round(5).tolist(), same.tolist()), same)
+    assert float(match[5]) == pytest.approx(best, abs=2e-4)
 
 
 def test_score_with_cohort_applies_adaptive_snorm(models, audio, reference, tmp_path, capsys):

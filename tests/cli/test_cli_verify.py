@@ -1,4 +1,8 @@
-"""``dmha verify``: the cosine score of two files and the decision at the threshold."""
+"""``dmha verify``: the cosine score of two files and the decision at the threshold.
+
+The model folders here have no ``calibration.json``, as those written before
+calibration existed (the calibrated ones: ``test_cli_calibrate.py``).
+"""
 
 import re
 import shutil
@@ -48,6 +52,19 @@ def test_verify_scores_and_decides_at_the_threshold(models, audio, reference, tm
     score, threshold, said = verify(capsys, folder, enrol, test, "--threshold",
                                     SPEAKER_THRESHOLD)
     assert threshold == SPEAKER_THRESHOLD and said == decide[expected > SPEAKER_THRESHOLD]
+
+
+def test_verify_of_a_folder_without_calibration_says_so(models, audio, capsys):
+    enrol, test = audio / "spk1/a.wav", audio / "spk2/d.wav"
+    assert not (models["speaker"] / "calibration.json").exists()
+    status, stdout, _ = run_cli(capsys, "verify", "--model", models["speaker"], enrol, test)
+    assert status == 0 and VERIFY_LINE.match(stdout.splitlines()[0])
+    assert stdout.splitlines()[1] == (
+        "not calibrated: cosine scores (dmha calibrate stores a calibration to LLRs); the "
+        "threshold is the model's EER threshold on its test speakers")
+    _, stdout, _ = run_cli(capsys, "verify", "--model", models["speaker"], enrol, test,
+                           "--threshold", "0.2")
+    assert stdout.splitlines()[1].endswith("; the threshold is --threshold")
 
 
 def test_verify_needs_a_threshold_for_an_age_model(models, audio, capsys):

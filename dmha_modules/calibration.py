@@ -1,0 +1,499 @@
+"""Calibrated verification scores: log-likelihood ratios, their quality, the thresholds.
+
+A cosine score says which trials are more alike, not how likely a match is.
+Calibration maps it to a log-likelihood ratio ``llr = log p(s | target) /
+p(s | non-target)``, which a decision compares with a threshold that follows
+from the operating point alone.
+
+- ``cllr`` and ``min_cllr``: the log-likelihood-ratio cost of LLRs and of
+  the best monotone recalibration of the scores (Brümmer & du Preez 2006).
+- ``pav_llrs``: the optimally calibrated LLRs of labelled scores (PAV).
+- ``fit_calibration``: linear logistic regression ``llr = a * score + b (+
+  c . quality)`` on a development trial list, as BOSARIS's
+  ``train_linear_calibration``.
+- ``bayes_threshold`` and ``far_threshold``: the LLR threshold of a target
+  prior, or of a target false-accept rate read from development trials.
+- ``Calibration``: the fitted map and the threshold, stored as
+  ``calibration.json`` in a model folder (``save_calibration``,
+  ``load_calibration``).
+"""
+
+import dataclasses
+import json
+import math
+import os
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import expit, logit
+
+from dmha_modules.atomic import write_atomic
+from dmha_modules.metrics import as_numpy
+
+CALIBRATION_FILE = "calibration.json"
+FORMAT = "dmha-calibration/1"
+
+# Quality measures and the terms each adds to the linear map.
+QUALITY_TERMS = {"duration": ("log_shorter_seconds", "log_longer_seconds")}
+
+
+def _labelled(values, labels):
+    """``values`` (float64) and ``labels`` (bool), 1-D, as long, both kinds of trial present."""
+    values = as_numpy(values).astype(np.float64).reshape(-1)
+    is_target = as_numpy(labels).reshape(-1)
+    if len(values) != len(is_target):
+        raise ValueError(f"{len(values)} scores for {len(is_target)} labels")
+    if not np.isin(is_target, (0, 1)).all():
+        raise ValueError("labels must be 1 (or True) for target trials, 0 for the others")
+    is_target = is_target.astype(bool)
+    if is_target.all() or not is_target.any():
+        raise ValueError(f"need target and non-target trials, got {int(is_target.sum())} "
+                         f"and {int((~is_target).sum())}")
+    return values, is_target
+
+
+def cllr(llrs, labels):
+    """The log-likelihood-ratio cost of LLRs, in bits (Brümmer & du Preez 2006).
+
+    ``Cllr = 1 / (2 ln 2) [mean over targets of ln(1 + e^-llr) + mean over
+    non-targets of ln(1 + e^llr)]``: 0 for perfect, confident LLRs, 1 for
+    LLRs that are always 0 (they say nothing), above 1 for misleading ones.
+    Infinite LLRs are allowed: on the right side they cost 0, on the wrong
+    side infinitely (as BOSARIS's ``cllr``).
+
+    Arguments
+    ---------
+    llrs : sequence, numpy.ndarray or torch.Tensor
+        Natural-log likelihood ratios ``(N,)``.
+    labels : sequence, numpy.ndarray or torch.Tensor
+        ``(N,)``: 1 or True for target trials, 0 or False else; both occur.
+
+    Returns
+    -------
+    float
+
+    Example
+    -------
+    >>> cllr([0.0, 0.0], [1, 0]), round(cllr([3.0, -3.0], [1, 0]), 4)
+    (1.0, 0.0701)
+    """
+    llrs, is_target = _labelled(llrs, labels)
+    if np.isnan(llrs).any():
+        raise ValueError("LLRs must not be NaN")
+    target_cost = np.logaddexp(0, -llrs[is_target]).mean()
+    nontarget_cost = np.logaddexp(0, llrs[~is_target]).mean()
+    return float((target_cost + nontarget_cost) / (2 * math.log(2)))
+
+
+def pav_llrs(scores, labels):
+    """The optimally calibrated LLRs of labelled scores: PAV, the ROCCH's slopes.
+
+    Pool-adjacent-violators fits the target posterior as a non-decreasing
+    function of the score (trials of equal score are one block, so ties are
+    never broken in anyone's favour); the LLR is its logit minus the
+    empirical prior log-odds ``ln(n_target / n_nontarget)`` (BOSARIS's
+    ``opt_loglr``). Among monotone maps of the scores it minimises Cllr,
+    and its LLRs are the slopes of the ROC convex hull. The lowest block is
+    ``-inf`` when it holds only non-targets and the highest ``+inf`` when it
+    holds only targets: right-side infinities, which cost nothing in
+    ``cllr`` (BOSARIS's "raw" option, without its Laplace smoothing).
+
+    Arguments
+    ---------
+    scores : sequence, numpy.ndarray or torch.Tensor
+        Trial scores ``(N,)``, higher meaning "same speaker"; finite.
+    labels : sequence, numpy.ndarray or torch.Tensor
+        ``(N,)``: 1 or True for target trials, 0 or False else; both occur.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(N,)`` LLRs, in the order of ``scores``.
+
+    Example
+    -------
+    >>> pav_llrs([0.1, 0.2, 0.3, 0.4], [0, 1, 0, 1]).tolist()
+    [-inf, 0.0, 0.0, inf]
+    """
+    scores, is_target = _labelled(scores, labels)
+    if not np.isfinite(scores).all():
+        raise ValueError("scores must be finite")
+    distinct, block_of = np.unique(scores, return_inverse=True)
+    counts = np.bincount(block_of, minlength=len(distinct)).astype(np.float64)
+    targets = np.bincount(block_of, weights=is_target, minlength=len(distinct))
+    pooled = []  # blocks [targets, trials, distinct scores], posteriors increasing
+    for block in zip(targets, counts, [1] * len(counts)):
+        pooled.append(list(block))
+        while len(pooled) > 1 and pooled[-2][0] * pooled[-1][1] >= pooled[-1][0] * pooled[-2][1]:
+            last = pooled.pop()
+            pooled[-1] = [mine + theirs for mine, theirs in zip(pooled[-1], last)]
+    posterior = np.repeat([t / n for t, n, _ in pooled], [width for *_, width in pooled])
+    with np.errstate(divide="ignore"):
+        llrs = logit(posterior) - math.log(is_target.sum() / (~is_target).sum())
+    return llrs[block_of]
+
+
+def min_cllr(scores, labels):
+    """Cllr of the optimally calibrated scores (``pav_llrs``): what calibration cannot remove.
+
+    ``Cllr - minCllr`` is the calibration loss of a set of LLRs; ``minCllr``
+    itself depends only on how well the scores discriminate (BOSARIS's
+    ``min_cllr``; Brümmer & du Preez 2006).
+
+    Arguments
+    ---------
+    scores : sequence, numpy.ndarray or torch.Tensor
+        Trial scores ``(N,)``; finite.
+    labels : sequence, numpy.ndarray or torch.Tensor
+        ``(N,)``: 1 or True for target trials, 0 or False else; both occur.
+
+    Returns
+    -------
+    float
+
+    Example
+    -------
+    >>> round(min_cllr([0.1, 0.2, 0.3, 0.4], [0, 1, 0, 1]), 4)
+    0.5
+    """
+    return cllr(pav_llrs(scores, labels), labels)
+
+
+def quality_features(quality, seconds):
+    """The quality terms of trials: ``(N, terms)``, with the terms' names.
+
+    ``duration`` adds the natural logs of the shorter and of the longer of
+    the trial's two utterances' durations (symmetric: a trial scores the
+    same both ways round).
+
+    Arguments
+    ---------
+    quality : sequence of str
+        Names in ``QUALITY_TERMS``.
+    seconds : array-like
+        ``(N, 2)`` durations of each trial's two utterances.
+
+    Returns
+    -------
+    features : numpy.ndarray
+        ``(N, terms)`` float64.
+    names : list of str
+
+    Example
+    -------
+    >>> features, names = quality_features(["duration"], [[2.0, 8.0]])
+    >>> names, np.exp(features).round(6).tolist()
+    (['log_shorter_seconds', 'log_longer_seconds'], [[2.0, 8.0]])
+    """
+    unknown = [name for name in quality if name not in QUALITY_TERMS]
+    if unknown:
+        raise ValueError(f"unknown quality measures {unknown}; known: {list(QUALITY_TERMS)}")
+    seconds = np.asarray(seconds, dtype=np.float64).reshape(-1, 2)
+    if not (seconds > 0).all():
+        raise ValueError("durations must be positive")
+    columns = {"duration": (np.log(seconds.min(axis=1)), np.log(seconds.max(axis=1)))}
+    chosen = [column for name in quality for column in columns[name]]
+    names = [term for name in quality for term in QUALITY_TERMS[name]]
+    return (np.stack(chosen, axis=1) if chosen else np.zeros((len(seconds), 0))), names
+
+
+def _weighted_cross_entropy(parameters, features, is_target, prior):
+    """Prior-weighted cross-entropy of ``llr = features @ w + b``, its gradient and Hessian."""
+    llrs = features @ parameters[:-1] + parameters[-1]
+    design = np.hstack([features, np.ones((len(features), 1))])
+    weights = np.where(is_target, prior / is_target.sum(), (1 - prior) / (~is_target).sum())
+    sign = np.where(is_target, -1.0, 1.0)  # the loss is softplus(sign * posterior log-odds)
+    log_odds = sign * (llrs + logit(prior))
+    loss = float(weights @ np.logaddexp(0, log_odds))
+    slope = weights * sign * expit(log_odds)
+    curvature = weights * expit(log_odds) * expit(-log_odds)
+    return loss, design.T @ slope, design.T @ (design * curvature[:, None])
+
+
+def fit_linear_llrs(features, labels, prior=0.5):
+    """Weights ``w`` and offset ``b`` of ``llr = features @ w + b`` by logistic regression.
+
+    Minimises the prior-weighted cross-entropy of BOSARIS's
+    ``train_linear_calibration`` (Brümmer's FoCal): ``prior / n_target``
+    times the sum over targets of ``ln(1 + e^-(llr + logit(prior)))`` plus
+    ``(1 - prior) / n_nontarget`` times the sum over non-targets of
+    ``ln(1 + e^(llr + logit(prior)))``. ``llr + logit(prior)`` is the
+    posterior log-odds at the effective prior, so ``llr`` is the
+    log-likelihood ratio whatever the prior and the ratio of target to
+    non-target trials; at ``prior`` 0.5 the loss is ``ln 2`` times Cllr. The
+    features are standardised for the (exact-Hessian, trust-region) Newton
+    solver and the result mapped back, so an affine change of a feature
+    changes only its weight.
+
+    Arguments
+    ---------
+    features : array-like
+        ``(N, K)`` trial features (the score first).
+    labels : array-like
+        ``(N,)``: 1 or True for target trials, 0 or False else; both occur.
+    prior : float
+        The effective target prior of the objective, in (0, 1).
+
+    Returns
+    -------
+    weights : numpy.ndarray
+        ``(K,)``.
+    offset : float
+
+    Example
+    -------
+    >>> weights, offset = fit_linear_llrs([[0.0], [1.0], [2.0], [3.0]], [0, 1, 0, 1])
+    >>> round(float(weights[0]), 3), round(offset, 3)
+    (0.908, -1.362)
+    """
+    if not 0 < prior < 1:
+        raise ValueError(f"prior must be in (0, 1), got {prior}")
+    features = np.asarray(features, dtype=np.float64)
+    _, is_target = _labelled(np.zeros(len(features)), labels)
+    if not np.isfinite(features).all():
+        raise ValueError("scores and quality measures must be finite")
+    centre, spread = features.mean(axis=0), features.std(axis=0)
+    spread[spread == 0] = 1.0  # a constant feature: its weight stays 0
+    standard = (features - centre) / spread
+    parts = lambda parameters: _weighted_cross_entropy(parameters, standard, is_target, prior)
+    result = minimize(lambda p: parts(p)[:2], np.zeros(features.shape[1] + 1), jac=True,
+                      hess=lambda p: parts(p)[2], method="trust-exact",
+                      options={"gtol": 1e-9, "maxiter": 500})
+    weights = result.x[:-1] / spread
+    return weights, float(result.x[-1] - weights @ centre)
+
+
+def bayes_threshold(p_target):
+    """The LLR threshold of the Bayes decision at a target prior: ``-logit(p_target)``.
+
+    With calibrated LLRs and equal costs of errors, accepting when ``llr >
+    ln((1 - p_target) / p_target)`` has the least expected cost.
+
+    Example
+    -------
+    >>> round(bayes_threshold(0.01), 4), bayes_threshold(0.5)
+    (4.5951, 0.0)
+    """
+    if not 0 < p_target < 1:
+        raise ValueError(f"p_target must be in (0, 1), got {p_target}")
+    return math.log((1 - p_target) / p_target)
+
+
+def far_threshold(nontarget_llrs, target_far):
+    """The threshold at which ``target_far`` of development non-targets are accepted.
+
+    Acceptance is ``llr > threshold``. Of ``n`` sorted non-target LLRs, the
+    ``k``-th smallest as threshold accepts ``(n - k) / n``; a rate between two
+    such points gets the threshold interpolated linearly between their LLRs
+    (``numpy.interp`` of ``1 - target_far`` over ``k / n``). At least ``1 /
+    target_far`` non-target trials are needed, ``10 / target_far`` for a
+    usable estimate.
+
+    Arguments
+    ---------
+    nontarget_llrs : array-like
+        LLRs (or scores) of development non-target trials.
+    target_far : float
+        The false-accept rate wanted, in (0, 1).
+
+    Returns
+    -------
+    float
+
+    Example
+    -------
+    >>> llrs = np.arange(100.0)
+    >>> far_threshold(llrs, 0.05), far_threshold(llrs, 0.055)
+    (94.0, 93.5)
+    """
+    values = np.sort(np.asarray(nontarget_llrs, dtype=np.float64).reshape(-1))
+    if not 0 < target_far < 1:
+        raise ValueError(f"target_far must be in (0, 1), got {target_far}")
+    if len(values) * target_far < 1:
+        raise ValueError(f"a target false-accept rate of {target_far:g} needs at least "
+                         f"{math.ceil(1 / target_far)} non-target trials, got {len(values)}")
+    ranks = np.arange(1, len(values) + 1) / len(values)
+    return float(np.interp(1 - target_far, ranks, values))
+
+
+@dataclasses.dataclass
+class Calibration:
+    """A linear calibration of cosine scores to LLRs, with its decision threshold.
+
+    ``llr = weights["score"] * score + sum of weights[term] * term + offset``
+    (the terms of ``quality``, see ``quality_features``); a trial is a match
+    when ``llr > threshold``. A model folder's ``calibration.json``.
+
+    Arguments
+    ---------
+    weights : dict
+        ``{"score": a, <quality term>: c, ...}``.
+    offset : float
+        ``b``.
+    quality : list of str
+        Quality measures of the terms (``QUALITY_TERMS``); empty for none.
+    prior : float
+        The effective prior the map was trained at.
+    threshold : float, optional
+        The LLR threshold of the decisions.
+    operating_point : dict, optional
+        How the threshold was chosen: ``{"target_far": x}`` or
+        ``{"p_target": p}`` (the Bayes threshold).
+    development : dict
+        What it was fitted on and how it did there.
+
+    Example
+    -------
+    >>> calibration = Calibration({"score": 10.0}, -5.0)
+    >>> calibration.llrs([0.2, 0.9]).tolist()
+    [-3.0, 4.0]
+    >>> calibration.with_operating_point(np.array([-4.0, -1.0]), p_target=0.01).threshold
+    4.59511985013459
+    """
+
+    weights: dict
+    offset: float
+    quality: list = dataclasses.field(default_factory=list)
+    prior: float = 0.5
+    threshold: float = None
+    operating_point: dict = None
+    development: dict = dataclasses.field(default_factory=dict)
+
+    def llrs(self, scores, seconds=None):
+        """LLRs ``(N,)`` of cosine scores ``(N,)`` (and ``(N, 2)`` durations for ``duration``)."""
+        llrs = self.weights["score"] * as_numpy(scores).astype(np.float64).reshape(-1)
+        if self.quality:
+            if seconds is None:
+                raise ValueError(f"this calibration needs the trials' {', '.join(self.quality)}")
+            features, names = quality_features(self.quality, seconds)
+            llrs = llrs + features @ np.array([self.weights[name] for name in names])
+        return llrs + self.offset
+
+    def with_operating_point(self, nontarget_llrs, target_far=None, p_target=None):
+        """A copy with the threshold of ``target_far`` (from ``nontarget_llrs``) or ``p_target``."""
+        if (target_far is None) == (p_target is None):
+            raise ValueError("give one of target_far and p_target")
+        if target_far is not None:
+            threshold = far_threshold(nontarget_llrs, target_far)
+            point = {"target_far": float(target_far)}
+        else:
+            threshold, point = bayes_threshold(p_target), {"p_target": float(p_target)}
+        return dataclasses.replace(self, threshold=threshold, operating_point=point)
+
+    def describe(self):
+        """One line: the map and the operating point, for the verbs' output."""
+        terms = " ".join(f"{weight:+.4g}*{name}" for name, weight in self.weights.items()
+                         if name != "score")
+        line = f"llr = {self.weights['score']:.4g}*cosine {terms} {self.offset:+.4g}"
+        return " ".join(line.split()) + f"; threshold {self.threshold:.4f} ({self.point_name()})"
+
+    def point_name(self):
+        """The operating point in words: ``target FAR 1%`` or ``Bayes, p_target 0.01``."""
+        if self.operating_point is None:
+            return "no operating point"
+        if "target_far" in self.operating_point:
+            return f"target FAR {100 * self.operating_point['target_far']:g}%"
+        return f"Bayes, p_target {self.operating_point['p_target']:g}"
+
+
+def fit_calibration(scores, labels, quality=(), seconds=None, prior=0.5):
+    """A ``Calibration`` of development scores by linear logistic regression.
+
+    Arguments
+    ---------
+    scores : array-like
+        Cosine scores ``(N,)`` of development trials.
+    labels : array-like
+        ``(N,)``: 1 or True for target trials, 0 or False else; both occur.
+    quality : sequence of str
+        Quality measures to add as terms (``QUALITY_TERMS``).
+    seconds : array-like, optional
+        ``(N, 2)`` durations of the trials' utterances (for ``duration``).
+    prior : float
+        Effective prior of the objective (0.5, BOSARIS's default).
+
+    Returns
+    -------
+    Calibration
+        Without a threshold (see ``Calibration.with_operating_point``).
+
+    Example
+    -------
+    >>> calibration = fit_calibration([0.1, 0.5, 0.3, 0.8], [0, 1, 0, 1])
+    >>> calibration.weights["score"] > 0
+    True
+    """
+    features, names = as_numpy(scores).astype(np.float64).reshape(-1, 1), []
+    if quality:
+        terms, names = quality_features(quality, seconds)
+        features = np.hstack([features, terms])
+    weights, offset = fit_linear_llrs(features, labels, prior)
+    return Calibration(
+        weights=dict(zip(["score", *names], map(float, weights))), offset=offset,
+        quality=list(quality), prior=float(prior),
+    )
+
+
+def save_calibration(calibration, folder):
+    """Writes ``calibration`` to ``folder/calibration.json`` atomically; returns the path."""
+    path = os.path.join(folder, CALIBRATION_FILE)
+    content = {"format": FORMAT, "score": "cosine", **dataclasses.asdict(calibration)}
+    return write_atomic(path, lambda out: out.write(json.dumps(content, indent=2) + "\n"))
+
+
+def _checked(content, path):
+    """A ``calibration.json``'s content as a ``Calibration``; a ValueError naming the problem."""
+    if not isinstance(content, dict) or content.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a dmha calibration (expected \"format\": \"{FORMAT}\")")
+    fields = {field.name for field in dataclasses.fields(Calibration)}
+    try:
+        calibration = Calibration(**{k: v for k, v in content.items() if k in fields})
+        names = ["score", *(term for name in calibration.quality for term in QUALITY_TERMS[name])]
+        numbers = [calibration.weights[name] for name in names] + [calibration.offset,
+                                                                   calibration.threshold]
+        calibration.point_name()
+    except (TypeError, KeyError, ValueError) as error:
+        problem = f"{type(error).__name__}: {error}"
+        raise ValueError(f"{path}: not a valid calibration ({problem})") from None
+    if not all(isinstance(n, (int, float)) and math.isfinite(n) for n in numbers):
+        raise ValueError(f"{path}: weights, offset and threshold must be finite numbers")
+    return calibration
+
+
+def load_calibration(folder):
+    """The ``Calibration`` stored in a model folder, or None when it has none.
+
+    Arguments
+    ---------
+    folder : str
+        A model folder.
+
+    Returns
+    -------
+    Calibration or None
+
+    Raises
+    ------
+    ValueError
+        A ``calibration.json`` that is not valid; the message names it.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> load_calibration(folder) is None
+    True
+    >>> stored = Calibration({"score": 9.0}, -4.0, threshold=2.0, operating_point={"p_target": 0.1})
+    >>> _ = save_calibration(stored, folder)
+    >>> load_calibration(folder) == stored
+    True
+    """
+    path = os.path.join(folder, CALIBRATION_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as file:
+        try:
+            content = json.load(file)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not readable JSON ({error})") from None
+    return _checked(content, path)

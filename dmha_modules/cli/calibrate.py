@@ -1,0 +1,131 @@
+"""``dmha calibrate``: a labelled development trial list -> the model folder's ``calibration.json``.
+
+The model's cosine scores of the trials are mapped to log-likelihood ratios
+by linear logistic regression (:func:`dmha_modules.calibration.fit_calibration`,
+optionally with the trials' durations as quality measures), and the decision
+threshold is set for the operating point named: a target false-accept rate
+(read from the development non-targets' LLRs) or the Bayes threshold of a
+target prior. ``dmha verify`` and ``dmha score`` then give LLRs and decide
+at that threshold. The development figures (EER, minDCF, Cllr before and
+after, minCllr, the rates at the threshold) are printed and stored in the
+JSON; the DET curve with the operating point goes to ``--plot``.
+"""
+
+import os
+
+import numpy as np
+
+from dmha_modules.calibration import (
+    CALIBRATION_FILE,
+    QUALITY_TERMS,
+    cllr,
+    fit_calibration,
+    min_cllr,
+    save_calibration,
+)
+from dmha_modules.cli.errors import InputError, batch_status
+from dmha_modules.cli.inputs import check_writable, load_model, trial_seconds
+from dmha_modules.cli.options import add_command, batching_options, model_options, option
+from dmha_modules.cli.score import embed_trials, print_metrics, read_trial_paths
+from dmha_modules.metrics import cosine_scores, rates_at_threshold, verification_metrics
+
+PLOT_FILE = "calibration_det.png"
+
+
+def register(commands):
+    """Adds ``calibrate`` to the ``dmha`` verbs."""
+    parser = add_command(
+        commands, "calibrate", run, help="calibrate scores to LLRs on a development trial list",
+        description="Fit a linear logistic-regression map from the model's cosine scores "
+        "to log-likelihood ratios on a labelled development trial list (speakers the model "
+        "was not trained on), choose the decision threshold of an operating point, and "
+        f"store both in the model folder as {CALIBRATION_FILE}.",
+    )
+    model_options(parser)
+    option(parser, "trials", required=True,
+           help="labelled development trial list ('label enrol test' or 'enrol test "
+           "target|nontarget')")
+    option(parser, "data_root", default=".", help="folder the trial paths are relative to")
+    point = parser.add_mutually_exclusive_group(required=True)
+    option(point, "target_far", type=float,
+           help="operating point: the false-accept rate wanted, e.g. 0.01; the threshold "
+           "is read from the development non-target trials")
+    option(point, "p_target", type=float,
+           help="operating point: the Bayes threshold -logit(p_target) of this target prior")
+    option(parser, "quality", choices=sorted(QUALITY_TERMS),
+           help="quality measure added to the map: duration (log of the shorter and of the "
+           "longer side's seconds)")
+    option(parser, "prior", type=float, default=0.5,
+           help="effective target prior of the logistic-regression objective")
+    option(parser, "plot", help=f"PNG of the DET curve with the operating point (default: "
+           f"{PLOT_FILE} in the model folder)")
+    batching_options(parser)
+
+
+def _labelled_trials(args):
+    """The development trials, refused unless labelled with both kinds (options checked first)."""
+    for name in ("target_far", "p_target", "prior"):
+        value = getattr(args, name)
+        if value is not None and not 0 < value < 1:
+            raise ValueError(f"--{name} must be in (0, 1), got {value}")
+    trials = read_trial_paths(args.trials, args.data_root)
+    labels = [label for *_, label in trials]
+    if labels[0] is None:
+        raise InputError(f"{args.trials}: calibration needs a labelled trial list "
+                         "('label enrol test' or 'enrol test target|nontarget')")
+    if len(set(labels)) < 2:
+        raise InputError(f"{args.trials}: calibration needs target and non-target trials")
+    return trials
+
+
+def _calibrated(scores, labels, seconds, args):
+    """The fitted calibration with its threshold and development figures."""
+    quality = [args.quality] if args.quality else []
+    calibration = fit_calibration(scores, labels, quality, seconds, prior=args.prior)
+    llrs = calibration.llrs(scores, seconds)
+    try:
+        calibration = calibration.with_operating_point(
+            llrs[labels == 0], target_far=args.target_far, p_target=args.p_target)
+    except ValueError as error:  # too few non-target trials for the rate
+        raise InputError(f"{args.trials}: {error}") from None
+    p_miss, p_fa = rates_at_threshold(llrs, labels, calibration.threshold)
+    metrics = verification_metrics(llrs, labels, p_target=args.p_target or 0.01)
+    calibration.development = {
+        "trials": os.path.abspath(args.trials), "n_target": int(labels.sum()),
+        "n_nontarget": int((labels == 0).sum()), "eer": metrics["eer"],
+        "min_dcf": metrics["min_dcf"], "min_dcf_p_target": args.p_target or 0.01,
+        "cllr_of_cosine": cllr(scores, labels), "cllr": cllr(llrs, labels),
+        "min_cllr": min_cllr(scores, labels), "false_accept_rate": p_fa, "miss_rate": p_miss,
+    }
+    return calibration, llrs
+
+
+def run(args):
+    """Fits and stores the calibration; prints the development figures."""
+    out = os.path.join(args.model, CALIBRATION_FILE)
+    plot = args.plot or os.path.join(args.model, PLOT_FILE)
+    for path in (out, plot):
+        check_writable(path, parent_must_exist=True)
+    trials = _labelled_trials(args)
+    with load_model(args.model, args.device, trust_model=args.trust_model) as model:
+        kept, embeddings, pairs = embed_trials(model, trials, args)
+    labels = np.array([label for *_, label in kept])
+    if len(set(labels.tolist())) < 2:
+        raise InputError(f"{args.trials}: too few trials left of files that could be read: "
+                         f"{int(labels.sum())} target, {int((labels == 0).sum())} non-target")
+    scores = cosine_scores(embeddings, pairs).numpy().astype(np.float64)
+    seconds = trial_seconds(kept) if args.quality else None
+    calibration, llrs = _calibrated(scores, labels, seconds, args)
+    save_calibration(calibration, args.model)
+    from dmha_modules.plots import plot_verification_scores  # matplotlib: slow to import
+
+    plot_verification_scores(llrs, labels, plot, title=f"calibrated LLRs of {args.trials}",
+                             p_target=args.p_target or 0.01,
+                             operating_point=(calibration.threshold, calibration.point_name()))
+    development = calibration.development
+    print(f"{out}: {calibration.describe()}")
+    print(f"development: {development['n_target']} target and {development['n_nontarget']} "
+          f"non-target trials; Cllr of the cosine scores {development['cllr_of_cosine']:.4f}")
+    print_metrics(llrs, labels, args.p_target or 0.01, calibration)
+    return batch_status(f"DET curve: {plot}", len(trials) - len(kept),
+                        "trials skipped for failed files")
