@@ -358,7 +358,7 @@ class DMHAClassifier(EncoderClassifier):
 
 
 class AgeClassifier(DMHAClassifier):
-    """Age group, group probabilities and age in years from an age model folder.
+    """Age group, group probabilities, age in years (with an interval) and gender.
 
     Years come from the regression head when the model has one, else from the
     group probabilities weighted by the training ages' mean of each group
@@ -367,11 +367,22 @@ class AgeClassifier(DMHAClassifier):
     imported from its ``train_ordinal.py`` (then None where that rule
     reaches no group).
 
+    Model folders calibrated on validation speakers (``recipes/train.py``
+    since the calibration, :mod:`dmha_modules.age_uncertainty`) divide the
+    group scores by their ``temperature`` for the reported probabilities
+    (groups and years come from the uncalibrated ones, as in training), and
+    give years an interval for one utterance: ``years_interval``
+    ``(low, high)`` with ``interval_coverage``; older folders give None for
+    both. Models with a gender head add ``gender`` and ``gender_probability``
+    (None without).
+
     Example
     -------
     >>> ages = AgeClassifier.from_hparams(source=folder)  # doctest: +SKIP
     >>> ages.classify_age_file("speech.wav")               # doctest: +SKIP
-    {'group': 'twenties', 'probabilities': {'child': 0.02, ...}, 'years': 24.3}
+    {'group': 'twenties', 'probabilities': {'child': 0.02, ...}, 'years': 24.3,
+     'years_interval': (17.1, 31.5), 'interval_coverage': 0.8, 'gender': 'f',
+     'gender_probability': 0.93}
     """
 
     @property
@@ -380,32 +391,44 @@ class AgeClassifier(DMHAClassifier):
         encoder = self.hparams.label_encoder
         return [encoder.ind2lab[i] for i in range(len(encoder))]
 
+    @property
+    def interval_half_width(self):
+        """Half-width in years of one utterance's interval; None when not calibrated."""
+        return getattr(self.hparams, "utterance_interval_half_width_years", None)
+
     def age_from_embeddings(self, embeddings):
-        """Groups, probabilities ``(B, C)`` and years ``(B,)`` of embeddings ``(B, E)``.
+        """Groups, probabilities ``(B, C)``, years ``(B,)`` and genders of embeddings ``(B, E)``.
 
         Returns
         -------
         dict
-            ``groups`` (list of names), ``probabilities`` and ``years`` (tensors;
-            ``years`` None for models without ages in years).
+            ``groups`` (list of names), ``probabilities`` (calibrated when the
+            folder is) and ``years`` (tensors; ``years`` None for models
+            without ages in years); ``genders`` (list of names) and
+            ``gender_probabilities`` ``(B,)`` for models with a gender head.
         """
         embeddings = embeddings.to(self.device).reshape(len(embeddings), 1, -1)
         scores = self.mods.classifier(embeddings)[:, 0]
-        probabilities = group_posteriors(
-            scores, ordinal=self.hparams.group_posteriors == "ordinal",
-            scale=self.hparams.score_scale,
-        )
+        ordinal = self.hparams.group_posteriors == "ordinal"
+        probabilities = group_posteriors(scores, ordinal, self.hparams.score_scale)
         years = None  # a model trained without ages in years (Common Voice, labels files)
         if "age_head" in self.mods:
             years = self.mods.age_head(embeddings).cpu()
         elif self.hparams.group_centres:
             centres = torch.tensor(self.hparams.group_centres, device=probabilities.device)
             years = (probabilities @ centres).cpu()
-        return {
+        age = {
             "groups": [self.groups[i] if i >= 0 else None for i in self.decide(scores, probabilities)],
-            "probabilities": probabilities.cpu(),
+            "probabilities": group_posteriors(
+                scores / getattr(self.hparams, "temperature", 1.0), ordinal,
+                self.hparams.score_scale).cpu(),
             "years": years,
         }
+        if "gender_head" in self.mods:
+            genders = torch.softmax(self.mods.gender_head(embeddings)[:, 0], dim=1).cpu()
+            age["gender_probabilities"], indices = genders.max(dim=1)
+            age["genders"] = [self.hparams.gender_classes[i] for i in indices.tolist()]
+        return age
 
     def decide(self, scores, probabilities):
         """Group indices: the most probable group, or the folder's ``decision`` rule.
@@ -428,13 +451,22 @@ class AgeClassifier(DMHAClassifier):
             return self.age_from_embeddings(self.encode_batch(wavs, wav_lens)[:, 0])
 
     def age_of_embedding(self, embedding):
-        """Age of one embedding ``(E,)``: ``{"group", "probabilities" (name -> p), "years"}``."""
+        """Age of one embedding ``(E,)``: ``group``, ``probabilities`` (name -> p), ``years``,
+        ``years_interval``, ``interval_coverage``, ``gender``, ``gender_probability``."""
         with torch.inference_mode():
             age = self.age_from_embeddings(embedding[None])
+        years = None if age["years"] is None else float(age["years"][0])
+        width = self.interval_half_width
+        known = years is not None and width is not None
         return {
             "group": age["groups"][0],
             "probabilities": dict(zip(self.groups, age["probabilities"][0].tolist())),
-            "years": None if age["years"] is None else float(age["years"][0]),
+            "years": years,
+            "years_interval": (max(years - width, 0.0), years + width) if known else None,
+            "interval_coverage": self.hparams.interval_coverage if known else None,
+            "gender": age["genders"][0] if "genders" in age else None,
+            "gender_probability": (float(age["gender_probabilities"][0])
+                                   if "genders" in age else None),
         }
 
     def classify_age_file(self, path):

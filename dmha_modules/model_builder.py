@@ -200,6 +200,22 @@ def train_statistics(hparams, label_encoder):
     return counts, ages
 
 
+def gender_classes(hparams):
+    """The sorted genders of the training manifest (its ``gender`` column; blanks left out).
+
+    Example
+    -------
+    >>> folder = str(getfixture("tmp_path"))
+    >>> with open(os.path.join(folder, "train.csv"), "w") as f:
+    ...     _ = f.write("ID,duration,wav,spk_id,gender\\nu1,1,a.wav,s1,m\\nu2,1,b.wav,s2,\\n"
+    ...                 "u3,1,c.wav,s3,f\\n")
+    >>> gender_classes({"manifest_folder": folder, "data_folder": folder})
+    ['f', 'm']
+    """
+    rows = read_manifest(hparams, "train").values()
+    return sorted({row["gender"] for row in rows if row.get("gender")})
+
+
 def age_decoding_of(group_loss, ages):
     """How an age model's scores become group probabilities and years (see ``build_model``).
 
@@ -227,10 +243,12 @@ def age_decoding_of(group_loss, ages):
 def build_model(hparams, label_encoder):
     """The modules to train, the group loss and the age decoding of an experiment.
 
-    Adds the classifier (when there is a group loss; cosine for AM-Softmax)
-    and the years head (age task with ``years_loss_weight > 0``) to the YAML's
-    ``modules``, and registers them and the loss (its buffers, e.g. class
-    weights, AM-Softmax annealing step) with the checkpointer. The training
+    Adds the classifier (when there is a group loss; cosine for AM-Softmax),
+    the years head (age task with ``years_loss_weight > 0``) and the gender
+    head (age task with ``gender_loss_weight > 0``, classes
+    :func:`gender_classes`) to the YAML's ``modules``, and registers them and
+    the loss (its buffers, e.g. class weights, AM-Softmax annealing step)
+    with the checkpointer. The training
     manifest gives the class counts (class weights) and the ages of each
     group (years head statistics, group centres).
 
@@ -249,7 +267,8 @@ def build_model(hparams, label_encoder):
         Age task: ``group_posteriors`` ("softmax" or "ordinal"),
         ``score_scale`` and ``group_centres`` (mean training age per class; a
         group absent from training gets the mean of all; empty when the
-        manifests have no ages in years), as model folders keep them.
+        manifests have no ages in years) and, with a gender head,
+        ``gender_classes``, as model folders keep them.
     """
     counts, ages = train_statistics(hparams, label_encoder)
     modules = dict(hparams["modules"])
@@ -267,9 +286,14 @@ def build_model(hparams, label_encoder):
             all_ages = [age for group in ages.values() for age in group]
             modules["age_head"] = hparams["age_head"]
             modules["age_head"].set_age_stats(float(np.mean(all_ages)), np.std(all_ages))
+        # Experiments older than the gender head have no weight: none.
+        if hparams.get("gender_loss_weight", 0) > 0:
+            age_decoding["gender_classes"] = gender_classes(hparams)
+            modules["gender_head"] = hparams["gender_head"](
+                n_classes=len(age_decoding["gender_classes"]))
     if hasattr(group_loss, "set_class_counts"):
         group_loss.set_class_counts(counts)
-    for name in ("classifier", "age_head"):
+    for name in ("classifier", "age_head", "gender_head"):
         if name in modules:
             hparams["checkpointer"].add_recoverable(name, modules[name])
     if group_loss is not None:

@@ -1,7 +1,7 @@
 """Model folders: what SpeechBrain's ``EncoderClassifier.from_hparams`` loads.
 
 A folder holds ``hyperparams.yaml`` (features, normalisation, the embedding
-model, the classifier, the label encoder, the years head of age models, and a
+model, the classifier, the label encoder, the years and gender heads of age models, and a
 pretrainer without network paths), one ``<name>.ckpt`` per module,
 ``label_encoder.ckpt`` and ``model_card.md``. ``write_model_folder`` writes it
 under a temporary name, loads it back with SpeechBrain, checks that every
@@ -30,7 +30,9 @@ from dmha_modules.model_builder import (
 )
 from dmha_modules.model_safety import check_hyperparams, read_checkpoint
 
-MODEL_CHECKPOINTS = ("embedding_model", "classifier", "age_head")
+MODEL_CHECKPOINTS = ("embedding_model", "classifier", "age_head", "gender_head")
+# An age experiment's calibration on its validation speakers, in its output folder.
+CALIBRATION_FILE = "age_calibration.json"
 
 
 def yaml_new(obj_path, kwargs, indent="    "):
@@ -46,13 +48,15 @@ def model_hyperparams(modules, embedding, task, age_decoding=None, verification_
     ---------
     modules : dict
         ``compute_features``, ``mean_var_norm``, ``embedding_model``,
-        ``classifier`` and optionally ``age_head``.
+        ``classifier`` and optionally ``age_head`` and ``gender_head``.
     embedding : tuple
         ``(class path, kwargs)`` that build the embedding model.
     task : str
         ``"age"`` or ``"speaker"``.
     age_decoding : dict, optional
-        Age models: ``group_posteriors``, ``score_scale``, ``group_centres``
+        Age models: ``group_posteriors``, ``score_scale``, ``group_centres``,
+        with a gender head ``gender_classes``, once calibrated
+        ``temperature``, ``interval_coverage`` and the intervals' half-widths,
         and, for models of the original code, ``decision`` (see
         ``AgeClassifier``).
     verification_threshold : float, optional
@@ -63,32 +67,32 @@ def model_hyperparams(modules, embedding, task, age_decoding=None, verification_
     str
     """
     features = modules["compute_features"]
-    classifier = modules["classifier"]
-    classifier_kwargs = {
-        "input_size": classifier.pre_layer.in_features,
-        "n_classes": classifier.weight.shape[1],
-        "hidden_size": classifier.pre_layer.out_features,
-        "cosine": classifier.cosine,
-    }
-    loadables = ["embedding_model", "classifier", "label_encoder"]
+    heads = [name for name in ("age_head", "gender_head") if name in modules]
+    loadables = ["embedding_model", "classifier", *heads, "label_encoder"]
     extra = ""
     if "age_head" in modules:
         extra += "age_head: " + yaml_new(
             "dmha_modules.heads.AgeRegressionHead",
             {"input_size": modules["age_head"].linear.in_features},
         ) + "\n"
-        loadables.insert(2, "age_head")
+    if "gender_head" in modules:
+        extra += f"gender_head: {classifier_yaml(modules['gender_head'])}\n"
     if age_decoding is not None:
         extra += (
             "# Age: group probabilities from the classifier's scores; years from the\n"
             "# years head when there is one, else the probabilities times group_centres\n"
             "# (the training ages' mean per group, in class order; null: no years).\n"
             "# decision: ordinal is the original code's train_ordinal.py rule (absent: the\n"
-            "# most probable group).\n"
+            "# most probable group). gender_classes: the gender head's, in order.\n"
+            "# Calibrated on the validation speakers (absent: not calibrated): group\n"
+            "# scores divided by temperature; years +- interval_half_width_years holds a\n"
+            "# speaker's age (their utterances' mean prediction) with probability\n"
+            "# interval_coverage, utterance_interval_half_width_years one utterance's\n"
+            "# (null: too few validation speakers for that coverage).\n"
             + yaml.safe_dump(age_decoding, default_flow_style=False, sort_keys=False)
         )
     mods = ["compute_features", "mean_var_norm", "embedding_model", "mean_var_norm_emb",
-            "classifier"] + (["age_head"] if "age_head" in modules else [])
+            "classifier", *heads]
     return f"""# {task} model; load it with
 # speechbrain.inference.EncoderClassifier.from_hparams(source=<this folder>)
 # or dmha_modules.inference.DMHAClassifier / AgeClassifier (exact padded batches).
@@ -104,12 +108,22 @@ mean_var_norm: {yaml_new("dmha_modules.features.UtteranceNorm", {
         "std_norm": modules["mean_var_norm"].std_norm})}
 embedding_model: {yaml_new(*embedding)}
 mean_var_norm_emb: !new:dmha_modules.inference.NoEmbeddingNorm
-classifier: {yaml_new("dmha_modules.heads.Classifier", classifier_kwargs)}
+classifier: {classifier_yaml(modules["classifier"])}
 {extra}label_encoder: !new:speechbrain.dataio.encoder.CategoricalEncoder
 modules:
 {"".join(f"    {name}: !ref <{name}>{chr(10)}" for name in mods)}pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
     loadables:
 {"".join(f"        {name}: !ref <{name}>{chr(10)}" for name in loadables)}"""
+
+
+def classifier_yaml(classifier):
+    """The ``!new:`` node of a ``heads.Classifier`` with its sizes."""
+    return yaml_new("dmha_modules.heads.Classifier", {
+        "input_size": classifier.pre_layer.in_features,
+        "n_classes": classifier.weight.shape[1],
+        "hidden_size": classifier.pre_layer.out_features,
+        "cosine": classifier.cosine,
+    })
 
 
 def model_card(task, embedding, data, metrics, configuration):
@@ -199,7 +213,8 @@ def write_model_folder(
         Where the folder goes (replaced if it exists, only once the new one checks out).
     modules : dict
         ``compute_features``, ``mean_var_norm``, ``embedding_model``,
-        ``classifier`` and optionally ``age_head`` (trained, any device).
+        ``classifier`` and optionally ``age_head`` and ``gender_head``
+        (trained, any device).
     embedding : tuple
         ``(class path, kwargs)`` that build the embedding model.
     label_encoder : CategoricalEncoder
@@ -362,6 +377,15 @@ def saved_test_metrics(hparams):
     return metrics
 
 
+def saved_calibration(hparams):
+    """The experiment's ``age_calibration.json`` (what ``recipes/train.py`` calibrated), or {}."""
+    path = os.path.join(hparams["output_folder"], CALIBRATION_FILE)
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def check_sample(hparams):
     """A waveform for the export check: the first readable test utterance, else noise."""
     for row in list(read_manifest(hparams, "test").values())[:5]:
@@ -421,6 +445,7 @@ def export_experiment(experiment, out=None, trust_model=False):
         hparams = load_hyperpyyaml(f, overrides)
     label_encoder = make_label_encoder(hparams)
     modules, _, age_decoding = build_model(hparams, label_encoder)
+    age_decoding = age_decoding and {**age_decoding, **saved_calibration(hparams)}
     if "classifier" not in modules:
         raise ValueError(f"{path}: a model without a classifier (group_loss null) has no "
                          "EncoderClassifier folder")

@@ -22,13 +22,16 @@ selection); ``AgeBrain`` and ``SpeakerBrain`` say what differs: the targets,
 the metrics and the test outputs.
 
 Outputs, in ``output_folder``: ``train_log.txt``, ``test_metrics.json``,
-``confusion_matrix.png`` (age) or ``verification_scores.png`` and
-``test_scores.txt`` (speaker), ``embeddings_pca.png``, ``manifests/`` and
-``model/`` (the best checkpoint with its hyperparameters).
+``confusion_matrix.png``, ``reliability_diagram.png`` and
+``age_calibration.json`` (age: see ``AgeBrain.calibrate``) or
+``verification_scores.png`` and ``test_scores.txt`` (speaker),
+``embeddings_pca.png``, ``manifests/`` and ``model/`` (the best checkpoint
+with its hyperparameters and, for age, its calibration).
 """
 
 import contextlib
 import errno
+import functools
 import json
 import logging
 import os
@@ -43,6 +46,13 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from dmha_modules.age_groups import age_group
+from dmha_modules.age_uncertainty import (
+    calibrate_age,
+    expected_calibration_error,
+    interval_coverage,
+    reliability_bins,
+    speaker_means,
+)
 from dmha_modules.allocator import keep_freed_memory
 from dmha_modules.atomic import write_atomic
 from dmha_modules.audio import read_audio
@@ -57,15 +67,17 @@ from dmha_modules.metrics import (
 from dmha_modules.model_builder import (
     best_checkpoint_kwargs,
     build_model,
+    gender_classes,
     label_key,
     make_label_encoder,
     manifest_path,
     read_manifest,
 )
-from dmha_modules.model_folder import write_experiment_model
+from dmha_modules.model_folder import CALIBRATION_FILE, write_experiment_model
 from dmha_modules.plots import (
     plot_confusion_matrix,
     plot_embeddings_pca,
+    plot_reliability,
     plot_verification_scores,
 )
 from dmha_modules.prepare import BadInputError, DownloadError
@@ -137,6 +149,8 @@ class DMHABrain(DDPBrain):
             outputs["scores"] = self.modules.classifier(embeddings)
         if "age_head" in self.modules:
             outputs["years"] = self.modules.age_head(embeddings)
+        if "gender_head" in self.modules:
+            outputs["gender"] = self.modules.gender_head(embeddings)[:, 0]
         return outputs
 
     def augmenting(self, stage):
@@ -198,15 +212,30 @@ class DMHABrain(DDPBrain):
         if stage != sb.Stage.TRAIN:
             self.collected = defaultdict(list)
 
+    def concatenated(self):
+        """What ``collect`` kept, each key's batches in one tensor (ids a list)."""
+        return {
+            key: values if key == "ids" else torch.cat(values)
+            for key, values in self.collected.items()
+        }
+
+    def predict_split(self, dataset, loader_kwargs):
+        """What ``collect`` keeps of one pass over ``dataset`` (valid stage, no metrics)."""
+        loader = self.make_dataloader(dataset, sb.Stage.VALID, ckpt_prefix=None, **loader_kwargs)
+        self.on_stage_start(sb.Stage.VALID)
+        self.modules.eval()
+        with torch.no_grad():
+            for batch in loader:
+                predictions = self.compute_forward(batch, sb.Stage.VALID)
+                self.compute_objectives(predictions, batch, sb.Stage.VALID)
+        return self.concatenated()
+
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Logs, anneals the learning rate, checkpoints the best model, writes test outputs."""
         if stage == sb.Stage.TRAIN:
             self.train_loss = stage_loss
             return
-        collected = {
-            key: values if key == "ids" else torch.cat(values)
-            for key, values in self.collected.items()
-        }
+        collected = self.concatenated()
         metrics = self.stage_metrics(collected, stage)
         stats = {"loss": stage_loss, **{k: v for k, v in metrics.items() if k != "confusion"}}
         key = self.hparams.selection_metric
@@ -260,19 +289,26 @@ class DMHABrain(DDPBrain):
 
 
 class AgeBrain(DMHABrain):
-    """Age groups and years: macro-F1, balanced accuracy, accuracy and MAE in years.
+    """Age groups, years and gender: macro-F1, balanced accuracy, accuracy, MAE in years.
 
     The years loss (weighted by ``years_loss_weight``) is added to the group
-    loss when the model has a years head. Without ages in years in the
-    manifests (Common Voice, labels files) only the groups are trained and
-    measured. The test outputs add a confusion matrix.
+    loss when the model has a years head, and the gender cross-entropy
+    (weighted by ``gender_loss_weight``; rows without a gender left out)
+    when it has a gender head. Without ages in years in the manifests
+    (Common Voice, labels files) only the groups are trained and measured.
+    ``calibrate`` fits the temperature and the age intervals on the
+    validation speakers (:mod:`dmha_modules.age_uncertainty`); the test
+    metrics then add the expected calibration errors and the intervals'
+    coverage. The test outputs add a confusion matrix and a reliability
+    diagram.
 
     Arguments
     ---------
     age_decoding : dict
         From ``build_model``: ``group_posteriors`` and ``score_scale`` turn
         scores into group probabilities, ``group_centres`` (empty without
-        ages) those into years.
+        ages) those into years, ``gender_classes`` name the gender head's.
+        ``calibrate`` adds its results.
     label_encoders, group_loss, **brain_kwargs
         As ``DMHABrain``'s.
     """
@@ -283,25 +319,40 @@ class AgeBrain(DMHABrain):
         super().__init__(label_encoders, group_loss, **brain_kwargs)
         self.age_decoding = age_decoding
         self.years_known = bool(age_decoding["group_centres"])
-        self.target_keys = ("label", "age_years") if self.years_known else ("label",)
+        self.target_keys = tuple(
+            ["label"] + ["age_years"] * self.years_known
+            + ["gender_label"] * ("gender_classes" in age_decoding))
 
     def loss(self, predictions, targets, stage):
-        """The group loss plus the weighted years loss."""
+        """The group loss plus the weighted years and gender losses."""
         loss = super().loss(predictions, targets, stage)
         if "years" in predictions:
             loss = loss + self.hparams.years_loss_weight * self.hparams.years_loss(
                 predictions["years"], targets["age_years"]
             )
+        if "gender" in predictions:
+            # Mean over the rows with a gender; a batch without any adds 0 (and keeps
+            # the head in the graph, as DDP expects).
+            genders = targets["gender_label"].reshape(-1)
+            summed = torch.nn.functional.cross_entropy(
+                predictions["gender"], genders, ignore_index=-1, reduction="sum")
+            loss = loss + self.hparams.gender_loss_weight * summed / (genders >= 0).sum().clamp(
+                min=1)
         return loss
 
     def collect(self, predictions, targets):
-        """Also keeps the predicted groups and, with ages, the true and predicted years."""
+        """Also keeps the group scores, predicted groups, years and genders, and the true ones."""
         super().collect(predictions, targets)
         groups, years_predicted = self.predict_age(predictions)
         self.collected["predicted"].append(groups.cpu())
+        if "scores" in predictions:
+            self.collected["scores"].append(predictions["scores"][:, 0].detach().float().cpu())
         if self.years_known:
             self.collected["years"].append(targets["age_years"].reshape(-1).float().cpu())
             self.collected["years_predicted"].append(years_predicted.cpu())
+        if "gender" in predictions:
+            self.collected["gender_predicted"].append(predictions["gender"].argmax(dim=1).cpu())
+            self.collected["gender_labels"].append(targets["gender_label"].reshape(-1).cpu())
 
     def predict_age(self, predictions):
         """Predicted group indices and years (None without ages) from the trained heads.
@@ -312,11 +363,7 @@ class AgeBrain(DMHABrain):
         """
         years = predictions.get("years")
         if "scores" in predictions:
-            posteriors = group_posteriors(
-                predictions["scores"][:, 0],
-                ordinal=self.age_decoding["group_posteriors"] == "ordinal",
-                scale=self.age_decoding["score_scale"],
-            )
+            posteriors = self.posteriors(predictions["scores"][:, 0])
             groups = posteriors.argmax(dim=1)
             if years is None and self.years_known:
                 centres = torch.tensor(self.age_decoding["group_centres"], device=posteriors.device)
@@ -327,13 +374,50 @@ class AgeBrain(DMHABrain):
             )
         return groups, years
 
+    def posteriors(self, scores, temperature=1.0):
+        """Group probabilities of group scores ``(B, C)``, the scores divided by ``temperature``."""
+        return group_posteriors(
+            scores / temperature, ordinal=self.age_decoding["group_posteriors"] == "ordinal",
+            scale=self.age_decoding["score_scale"],
+        )
+
     def group_index(self, years):
         """Index of the age group of an age in years."""
         name = age_group(years, self.hparams.age_bins, self.hparams.age_groups)
         return self.label_encoders["train"].encode_label(name)
 
+    @functools.cached_property
+    def speakers(self):
+        """Utterance ID -> speaker, over all splits (an unnamed speaker: the utterance's own)."""
+        return {utterance: row.get("spk_id") or utterance for split in SPLITS
+                for utterance, row in read_manifest(vars(self.hparams), split).items()}
+
+    def calibrate(self, dataset, loader_kwargs):
+        """Fits the temperature and the age intervals on ``dataset`` (the validation split).
+
+        Run with the best checkpoint loaded; adds the results to ``age_decoding``,
+        which the model folder keeps, and writes them to ``age_calibration.json``
+        (for ``dmha export``).
+        """
+        collected = self.predict_split(dataset, loader_kwargs)
+        calibration = calibrate_age(
+            collected.get("scores"), collected["labels"],
+            collected["years_predicted"].tolist() if self.years_known else None,
+            collected["years"].tolist() if self.years_known else None,
+            [self.speakers[utterance] for utterance in collected["ids"]],
+            self.hparams.interval_coverage,
+            ordinal=self.age_decoding["group_posteriors"] == "ordinal",
+            scale=self.age_decoding["score_scale"],
+        )
+        self.age_decoding.update(calibration)
+        logger.info("Calibrated on the validation speakers: %s", calibration)
+        if if_main_process():
+            write_atomic(os.path.join(self.hparams.output_folder, CALIBRATION_FILE),
+                         lambda f: json.dump(calibration, f, indent=2))
+
     def stage_metrics(self, collected, stage):
-        """Macro-F1, balanced accuracy, accuracy, the confusion matrix and MAE in years."""
+        """Macro-F1, balanced accuracy, accuracy, the confusion matrix, MAE in years, gender
+        accuracy and, on test after ``calibrate``, calibration errors and interval coverage."""
         metrics = classification_metrics(
             collected["predicted"], collected["labels"], len(self.label_encoders["train"])
         )
@@ -341,15 +425,58 @@ class AgeBrain(DMHABrain):
             metrics["mae_years"] = float(
                 (collected["years_predicted"] - collected["years"]).abs().mean()
             )
+        if "gender_predicted" in collected:
+            known = collected["gender_labels"] >= 0
+            metrics["gender_accuracy"] = float(
+                (collected["gender_predicted"][known] == collected["gender_labels"][known])
+                .float().mean()) if known.any() else None
+        if stage == sb.Stage.TEST:
+            metrics.update(self.calibration_metrics(collected))
+        return metrics
+
+    def calibration_metrics(self, collected):
+        """Test ECE before and after the temperature, and the age intervals' coverage."""
+        metrics = {}
+        decoding = self.age_decoding
+        if "temperature" in decoding and "scores" in collected:
+            for name, temperature in (("ece", 1.0), ("ece_calibrated", decoding["temperature"])):
+                metrics[name] = expected_calibration_error(
+                    self.posteriors(collected["scores"], temperature), collected["labels"])
+        if decoding.get("interval_half_width_years") is not None:
+            speakers = [self.speakers[utterance] for utterance in collected["ids"]]
+            means = speaker_means(collected["years_predicted"].tolist(),
+                                  collected["years"].tolist(), speakers).values()
+            metrics["interval_coverage_speakers"] = interval_coverage(
+                [p for p, _ in means], [t for _, t in means],
+                decoding["interval_half_width_years"])
+            metrics["test_speakers"] = len(means)
+        if decoding.get("utterance_interval_half_width_years") is not None:
+            metrics["interval_coverage_utterances"] = interval_coverage(
+                collected["years_predicted"], collected["years"],
+                decoding["utterance_interval_half_width_years"])
         return metrics
 
     def write_task_outputs(self, metrics, collected):
-        """The test confusion matrix."""
+        """The test confusion matrix and, with group scores, the reliability diagram."""
+        folder = self.hparams.output_folder
         plot_confusion_matrix(
             metrics["confusion"], self.label_names("test"),
-            os.path.join(self.hparams.output_folder, "confusion_matrix.png"),
+            os.path.join(folder, "confusion_matrix.png"),
             title="Test age groups",
         )
+        if "scores" in collected:
+            temperatures = {"raw": 1.0}
+            if "temperature" in self.age_decoding:
+                temperature = self.age_decoding["temperature"]
+                temperatures[f"temperature {temperature:.2f}"] = temperature
+            curves = {}
+            for name, temperature in temperatures.items():
+                probabilities = self.posteriors(collected["scores"], temperature)
+                ece = expected_calibration_error(probabilities, collected["labels"])
+                curves[f"{name} (ECE {ece:.3f})"] = reliability_bins(
+                    probabilities, collected["labels"])
+            plot_reliability(curves, os.path.join(folder, "reliability_diagram.png"),
+                             title="Test age-group probabilities")
 
 
 class SpeakerBrain(DMHABrain):
@@ -424,7 +551,7 @@ class SpeakerBrain(DMHABrain):
         )
 
 
-def dataio_prep(hparams, label_encoders, target_keys):
+def dataio_prep(hparams, label_encoders, target_keys, gender_classes=None):
     """Datasets of the train / valid / test manifests with their input and target pipelines.
 
     Arguments
@@ -434,7 +561,9 @@ def dataio_prep(hparams, label_encoders, target_keys):
     label_encoders : dict
         Split name -> the encoder of its labels.
     target_keys : tuple of str
-        The Brain's: ``label`` and, for age, ``age_years``.
+        The Brain's: ``label`` and, for age, ``age_years`` and ``gender_label``.
+    gender_classes : list of str, optional
+        The gender head's classes (``gender_label`` -1 for other values).
 
     Returns
     -------
@@ -485,6 +614,13 @@ def dataio_prep(hparams, label_encoders, target_keys):
     def years_pipeline(age):
         return torch.tensor([float(age)])
 
+    genders = {name: index for index, name in enumerate(gender_classes or ())}
+
+    @sb.utils.data_pipeline.takes("gender")
+    @sb.utils.data_pipeline.provides("gender_label")
+    def gender_pipeline(gender):
+        return torch.LongTensor([genders.get(gender, -1)])  # -1: not given
+
     if hparams["precomputed_features"]:
         make_input_pipeline, input_key = make_features_pipeline, "feats"
     else:
@@ -496,6 +632,8 @@ def dataio_prep(hparams, label_encoders, target_keys):
         dataset.add_dynamic_item(make_label_pipeline(label_encoders[split]))
         if "age_years" in target_keys:
             dataset.add_dynamic_item(years_pipeline)
+        if "gender_label" in target_keys:
+            dataset.add_dynamic_item(gender_pipeline)
         dataset.set_output_keys(["id", input_key, *target_keys])
         datasets[split] = dataset
     return datasets
@@ -537,6 +675,12 @@ def prepare_manifests(hparams):
     else:
         run_on_main(hparams["preparations"][source])
     trial_lists = check_manifests(hparams, hparams["manifest_folder"])
+    if hparams["task"] == "age" and hparams["gender_loss_weight"] > 0 \
+            and len(gender_classes(hparams)) < 2:
+        raise RecipeInputError([
+            f"{manifest_path(hparams['manifest_folder'], 'train')}: gender_loss_weight "
+            f"{hparams['gender_loss_weight']} needs a gender column with two or more genders; "
+            "found " + (", ".join(gender_classes(hparams)) or "none")])
     test = manifest_path(hparams["manifest_folder"], "test")
     if os.path.basename(test) != "test.csv":
         logger.info("No test split (labels files have none): testing on %s", test)
@@ -563,7 +707,8 @@ def run_experiment(hparams, run_opts, trial_lists):
         brain = AgeBrain(age_decoding, label_encoders, group_loss, **brain_kwargs)
     else:
         brain = SpeakerBrain(trial_lists, label_encoders, group_loss, **brain_kwargs)
-    datasets = dataio_prep(hparams, label_encoders, brain.target_keys)
+    datasets = dataio_prep(hparams, label_encoders, brain.target_keys,
+                           (age_decoding or {}).get("gender_classes"))
 
     brain.fit(
         brain.hparams.epoch_counter,
@@ -572,6 +717,10 @@ def run_experiment(hparams, run_opts, trial_lists):
         train_loader_kwargs=bucketed_loader_kwargs(hparams, datasets["train"], train=True),
         valid_loader_kwargs=bucketed_loader_kwargs(hparams, datasets["valid"], train=False),
     )
+    if hparams["task"] == "age":
+        brain.on_evaluate_start(**best_checkpoint_kwargs(hparams))  # as the test loads it
+        brain.calibrate(datasets["valid"],
+                        bucketed_loader_kwargs(hparams, datasets["valid"], train=False))
     brain.evaluate(
         datasets["test"],
         test_loader_kwargs=bucketed_loader_kwargs(hparams, datasets["test"], train=False),

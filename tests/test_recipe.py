@@ -1,11 +1,13 @@
 """End-to-end runs of recipes/train.py on a tiny generated Kaldi-style corpus."""
 
+import csv
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,8 @@ import pytest
 import torch
 
 from dmha_modules.feature_files import extract_features
+from dmha_modules.inference import AgeClassifier
+from dmha_modules.model_folder import export_experiment
 from dmha_modules.models import EmbeddingModel
 from tests.recipe_helpers import (
     REPO,
@@ -69,18 +73,25 @@ SPEAKER_AGE_GROUPS = {"child", "teens", "twenties", "thirties+"}
 
 def test_age_recipe_end_to_end(corpus, tmp_path):
     output = tmp_path / "age"
-    run_recipe(recipe_command("age.yaml", corpus, output, "--number_of_epochs=2"))
+    run_recipe(recipe_command("age.yaml", corpus, output, "--number_of_epochs=2",
+                              "--gender_loss_weight=0.5"))
     metrics = json.loads((output / "test_metrics.json").read_text())
-    for key in ("macro_f1", "balanced_accuracy", "accuracy", "mae_years"):
+    for key in ("macro_f1", "balanced_accuracy", "accuracy", "mae_years", "gender_accuracy",
+                "ece", "ece_calibrated", "interval_coverage_speakers",
+                "interval_coverage_utterances"):
         assert np.isfinite(metrics[key]), key
     assert 0 <= metrics["macro_f1"] <= 1 and metrics["mae_years"] >= 0
+    assert 0 <= metrics["gender_accuracy"] <= 1 and metrics["test_speakers"] == 4
     for name in (
         "train_log.txt",
         "confusion_matrix.png",
         "embeddings_pca.png",
+        "reliability_diagram.png",
+        "age_calibration.json",
         "model/embedding_model.ckpt",
         "model/classifier.ckpt",
         "model/age_head.ckpt",
+        "model/gender_head.ckpt",
         "model/label_encoder.ckpt",
     ):
         assert (output / name).is_file(), name
@@ -89,6 +100,40 @@ def test_age_recipe_end_to_end(corpus, tmp_path):
         output, channels=16, heads=4, emb_dim=32, front_end="VGG4L"
     )
     assert_encoder_classifier_loads_offline(output / "model", tmp_path, SPEAKER_AGE_GROUPS)
+    assert_calibrated_on_validation_speakers(output, corpus)
+    # dmha export keeps the calibration.
+    exported, _ = export_experiment(str(output), str(tmp_path / "exported"))
+    loaded = AgeClassifier.from_hparams(source=exported, savedir=str(tmp_path / "loaded"))
+    for key, value in json.loads((output / "age_calibration.json").read_text()).items():
+        assert getattr(loaded.hparams, key) == value, key
+
+
+def assert_calibrated_on_validation_speakers(output, corpus):
+    """The model folder's interval is the conformal quantile of the validation speakers'
+    residuals, recomputed here from the folder's own predictions of their files."""
+    ages = AgeClassifier.from_hparams(source=str(output / "model"),
+                                      savedir=str(output / "loaded"))
+    calibration = json.loads((output / "age_calibration.json").read_text())
+    assert ages.hparams.temperature == calibration["temperature"] > 0
+    assert ages.hparams.gender_classes == ["f", "m"]
+    rows = list(csv.DictReader(open(output / "manifests" / "valid.csv", encoding="utf-8")))
+    predicted = defaultdict(list)
+    true_age = {}
+    for row in rows:
+        age = ages.classify_age_file(row["wav"].replace("$data_root", str(corpus)))
+        assert age["gender"] in ("f", "m") and 0.5 <= age["gender_probability"] <= 1
+        predicted[row["spk_id"]].append(age["years"])
+        true_age[row["spk_id"]] = float(row["age"])
+    residuals = sorted(abs(np.mean(predicted[s]) - true_age[s]) for s in predicted)
+    n = len(residuals)
+    rank = int(np.ceil((n + 1) * 0.8))  # the YAML's interval_coverage
+    assert calibration["calibration_speakers"] == n == 4 and rank <= n
+    assert calibration["interval_half_width_years"] == pytest.approx(
+        residuals[rank - 1], abs=1e-3)
+    low, high = age["years_interval"]
+    assert high - age["years"] == pytest.approx(
+        calibration["utterance_interval_half_width_years"])
+    assert age["interval_coverage"] == 0.8
 
 
 OFFLINE_VERIFY = """

@@ -202,6 +202,17 @@ def test_recipe_stops_on_a_hand_edited_manifest_without_a_column(prepared, tmp_p
         result, output, f"{prepared / 'valid.csv'}:1: no column age_group", "recipes/train.py:")
 
 
+def test_recipe_stops_on_a_gender_head_without_genders(prepared, tmp_path):
+    output = tmp_path / "out"
+    result = run_recipe(recipe_command(
+        "age.yaml", prepared, output, "--source=manifests", f"--prepared_folder={prepared}",
+        "--gender_loss_weight=0.5",
+    ), expect=1)
+    assert_stopped_before_training(
+        result, output, f"{output / 'manifests' / 'train.csv'}: gender_loss_weight 0.5 needs a "
+        "gender column with two or more genders; found none")
+
+
 def test_recipe_stops_on_a_trial_naming_an_unknown_utterance(prepared, tmp_path):
     with open(prepared / "trials.csv", "a", encoding="utf-8") as trials:
         trials.write("trial2,1,e2,missing\n")

@@ -1,9 +1,13 @@
-"""``dmha age``: audio files -> age group, group probabilities and years (CSV).
+"""``dmha age``: audio files -> age group, group probabilities, years and gender (CSV).
 
-Columns: ``id, path, age_group, age_years`` and ``p_<group>`` per group
-(``age_years`` empty for models trained without ages in years, ``age_group``
-empty where an imported ordinal model's rule reaches no group);
-bad files are reported and left out.
+Columns: ``id, path, age_group, age_years``, ``p_<group>`` per group,
+``age_years_low, age_years_high`` (the interval of one utterance's age, of
+the coverage the summary states; empty for model folders written before the
+calibration, which the summary says) and, for models with a gender head,
+``gender, p_gender`` (the probability of that gender). ``age_years`` is
+empty for models trained without ages in years, ``age_group`` where an
+imported ordinal model's rule reaches no group; bad files are reported and
+left out.
 """
 
 import csv
@@ -18,8 +22,9 @@ from dmha_modules.inference import AgeClassifier, AudioError
 def register(commands):
     """Adds ``age`` to the ``dmha`` verbs."""
     parser = add_command(
-        commands, "age", run, help="age group and years of audio files (CSV)",
-        description="Age group, group probabilities and age in years of audio files.",
+        commands, "age", run, help="age group, years (with an interval) and gender of audio files",
+        description="Age group, group probabilities, age in years with an interval and, for "
+        "models with a gender head, gender of audio files (CSV).",
     )
     model_options(parser)
     audio_input_options(parser)
@@ -27,7 +32,7 @@ def register(commands):
 
 
 def _classify(args, paths):
-    """The age model's groups and ``{index: age dict or AudioError}`` of ``paths``."""
+    """The model's description (``describe``) and ``{index: age dict or AudioError}``."""
     with load_model(args.model, args.device, AgeClassifier, args.trust_model) as model:
         task = getattr(model.hparams, "task", None)
         if task != "age":
@@ -35,15 +40,47 @@ def _classify(args, paths):
         results = dict(model.classify_age_files(
             paths, batch_seconds=args.batch_seconds, progress=not args.no_progress
         ))
-        return model.groups, results
+        return describe(args.model, model), results
+
+
+def describe(folder, model):
+    """The groups, whether there is a gender head, and what the interval columns hold."""
+    hparams = model.hparams
+    if model.interval_half_width is not None:
+        note = (f"age_years_low..age_years_high: {100 * hparams.interval_coverage:g} % "
+                f"interval for one utterance (+-{model.interval_half_width:.1f} years, calibrated "
+                f"on {hparams.calibration_speakers} validation speakers)")
+    elif getattr(hparams, "interval_coverage", None) is not None:
+        note = (f"age years without an interval: {hparams.calibration_speakers} validation "
+                f"speakers are too few for {100 * hparams.interval_coverage:g} % coverage")
+    elif hasattr(hparams, "temperature"):
+        note = "no interval: the model has no ages in years; probabilities calibrated"
+    else:
+        note = (f"age years without an interval: {folder} was not calibrated (written "
+                "before the calibration); probabilities uncalibrated")
+    return {"groups": model.groups, "gender": "gender_head" in model.mods, "note": note}
+
+
+def _row(utterance, path, age, model):
+    """One CSV row (see the module docstring)."""
+    years = "" if age["years"] is None else f"{age['years']:.2f}"
+    interval = ["", ""] if age["years_interval"] is None else [
+        f"{bound:.2f}" for bound in age["years_interval"]]
+    row = ([utterance, path, age["group"], years]
+           + [f"{age['probabilities'][g]:.4f}" for g in model["groups"]] + interval)
+    if model["gender"]:
+        row += [age["gender"], f"{age['gender_probability']:.4f}"]
+    return row
 
 
 def run(args):
     """Writes the ages of the good files."""
     check_writable(args.out, parent_must_exist=True)
     ids, paths = read_audio_inputs(args)
-    groups, results = _classify(args, paths)
-    rows = [["id", "path", "age_group", "age_years"] + [f"p_{g}" for g in groups]]
+    model, results = _classify(args, paths)
+    rows = [["id", "path", "age_group", "age_years"] + [f"p_{g}" for g in model["groups"]]
+            + ["age_years_low", "age_years_high"] + (["gender", "p_gender"] if model["gender"]
+                                                     else [])]
     failed = 0
     for index, (utterance, path) in enumerate(zip(ids, paths)):
         age = results[index]
@@ -51,9 +88,8 @@ def run(args):
             report_skipped(age)
             failed += 1
             continue
-        years = "" if age["years"] is None else f"{age['years']:.2f}"
-        rows.append([utterance, path, age["group"], years]
-                    + [f"{age['probabilities'][g]:.4f}" for g in groups])
+        rows.append(_row(utterance, path, age, model))
     require_output(len(rows) - 1, args.out)
     write_atomic(args.out, lambda out: csv.writer(out).writerows(rows))
+    print(model["note"])
     return batch_status(f"{len(paths) - failed} ages written to {args.out}", failed)
