@@ -38,8 +38,6 @@ import os
 import sys
 from collections import defaultdict
 
-import numpy as np
-import soundfile
 import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
@@ -55,8 +53,7 @@ from dmha_modules.age_uncertainty import (
 )
 from dmha_modules.allocator import keep_freed_memory
 from dmha_modules.atomic import write_atomic
-from dmha_modules.audio import read_audio
-from dmha_modules.feature_files import features_path
+from dmha_modules.datasets import SPLITS, dataio_prep
 from dmha_modules.inference import group_posteriors
 from dmha_modules.metrics import (
     classification_metrics,
@@ -68,7 +65,6 @@ from dmha_modules.model_builder import (
     best_checkpoint_kwargs,
     build_model,
     gender_classes,
-    label_key,
     make_label_encoder,
     manifest_path,
     read_manifest,
@@ -97,7 +93,6 @@ from dmha_modules.training import (
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "valid", "test")
 # What stops the recipe with a message rather than a traceback: bad input.
 INPUT_PROBLEMS = (RecipeInputError, OutputFolderError, BadInputError, DownloadError)
 
@@ -549,94 +544,6 @@ class SpeakerBrain(DMHABrain):
             + ")",
             p_target=self.hparams.p_target,
         )
-
-
-def dataio_prep(hparams, label_encoders, target_keys, gender_classes=None):
-    """Datasets of the train / valid / test manifests with their input and target pipelines.
-
-    Arguments
-    ---------
-    hparams : dict
-        The experiment's hyperparameters.
-    label_encoders : dict
-        Split name -> the encoder of its labels.
-    target_keys : tuple of str
-        The Brain's: ``label`` and, for age, ``age_years`` and ``gender_label``.
-    gender_classes : list of str, optional
-        The gender head's classes (``gender_label`` -1 for other values).
-
-    Returns
-    -------
-    dict
-        Split name -> ``DynamicItemDataset``.
-    """
-    crop = hparams["crop_seconds"]
-    rate = hparams["sample_rate"]
-
-    def make_audio_pipeline(random_crop):
-        @sb.utils.data_pipeline.takes("wav", "duration")
-        @sb.utils.data_pipeline.provides("sig")
-        def audio_pipeline(wav, duration):
-            if random_crop and duration > crop:
-                info = soundfile.info(wav)
-                length = int(crop * info.samplerate)
-                start = int(torch.randint(0, info.frames - length + 1, ()).item())
-                return read_audio(wav, rate, start, start + length)[0]
-            return read_audio(wav, rate)[0]
-
-        return audio_pipeline
-
-    def make_features_pipeline(random_crop):
-        @sb.utils.data_pipeline.takes("wav")
-        @sb.utils.data_pipeline.provides("feats")
-        def features_pipeline(wav):
-            # Memory-mapped, so a crop reads only its frames.
-            path = features_path(wav, hparams["features_folder"], hparams["data_folder"])
-            feats = np.load(path, mmap_mode="r")
-            frames = int(crop * 1000 / hparams["hop_length_ms"])
-            if random_crop and len(feats) > frames:
-                start = int(torch.randint(0, len(feats) - frames + 1, ()).item())
-                feats = feats[start : start + frames]
-            return torch.from_numpy(np.array(feats, dtype=np.float32))
-
-        return features_pipeline
-
-    def make_label_pipeline(encoder):
-        @sb.utils.data_pipeline.takes(label_key(hparams))
-        @sb.utils.data_pipeline.provides("label")
-        def label_pipeline(label):
-            return torch.LongTensor([encoder.encode_label(label)])
-
-        return label_pipeline
-
-    @sb.utils.data_pipeline.takes("age")
-    @sb.utils.data_pipeline.provides("age_years")
-    def years_pipeline(age):
-        return torch.tensor([float(age)])
-
-    genders = {name: index for index, name in enumerate(gender_classes or ())}
-
-    @sb.utils.data_pipeline.takes("gender")
-    @sb.utils.data_pipeline.provides("gender_label")
-    def gender_pipeline(gender):
-        return torch.LongTensor([genders.get(gender, -1)])  # -1: not given
-
-    if hparams["precomputed_features"]:
-        make_input_pipeline, input_key = make_features_pipeline, "feats"
-    else:
-        make_input_pipeline, input_key = make_audio_pipeline, "sig"
-    datasets = {}
-    for split in SPLITS:
-        dataset = sb.dataio.dataset.DynamicItemDataset(read_manifest(hparams, split))
-        dataset.add_dynamic_item(make_input_pipeline(split == "train"))
-        dataset.add_dynamic_item(make_label_pipeline(label_encoders[split]))
-        if "age_years" in target_keys:
-            dataset.add_dynamic_item(years_pipeline)
-        if "gender_label" in target_keys:
-            dataset.add_dynamic_item(gender_pipeline)
-        dataset.set_output_keys(["id", input_key, *target_keys])
-        datasets[split] = dataset
-    return datasets
 
 
 def load_hparams(hparams_file, overrides):
