@@ -1,4 +1,4 @@
-"""How sure an age model is: calibrated group probabilities and age intervals.
+"""How sure an age model is: calibrated group probabilities, age intervals, the reliability diagram.
 
 ``recipes/train.py`` calibrates an age model on its validation speakers once
 training ends (the best checkpoint loaded), and the model folder keeps the
@@ -30,8 +30,10 @@ from collections import defaultdict
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 
 from dmha_modules.inference import group_posteriors
+from dmha_modules.plots import DPI, save_png
 
 
 def conformal_level(n, coverage):
@@ -249,3 +251,55 @@ def calibrate_age(scores, labels, years_predicted, years_true, speakers, coverag
                 residuals, list(speakers), coverage),
         )
     return calibration
+
+
+def plot_reliability(curves, path, title=None):
+    """Reliability diagram: accuracy against confidence per bin, and the bins' counts.
+
+    A calibrated model's points lie on the diagonal. Each curve is one set
+    of probabilities of the same rows (e.g. before and after a temperature),
+    binned by :func:`reliability_bins`; empty
+    bins are not drawn.
+
+    Arguments
+    ---------
+    curves : dict
+        Legend label -> ``(counts, accuracies, confidences)`` per bin.
+    path : str
+        PNG file to write.
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    str
+        ``path``.
+
+    Example
+    -------
+    >>> import os, tempfile
+    >>> bins = (np.array([0, 3, 1]), np.array([0, 0.6, 1.0]), np.array([0, 0.5, 0.9]))
+    >>> path = os.path.join(tempfile.mkdtemp(), "reliability.png")
+    >>> plot_reliability({"raw (ECE 0.1)": bins}, path) == path
+    True
+    """
+    figure = Figure(figsize=(5.5, 6.5), dpi=DPI, layout="constrained")
+    diagram, histogram = figure.subplots(
+        2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    diagram.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="calibrated")
+    for label, (counts, accuracies, confidences) in curves.items():
+        filled = np.asarray(counts) > 0
+        line, = diagram.plot(np.asarray(confidences)[filled], np.asarray(accuracies)[filled],
+                             marker="o", label=label)
+        edges = np.linspace(0, 1, len(counts) + 1)
+        histogram.stairs(counts, edges, color=line.get_color())
+    diagram.set_xlim(0, 1)
+    diagram.set_ylim(0, 1)
+    diagram.set_ylabel("accuracy")
+    diagram.legend(loc="upper left", fontsize="small")
+    diagram.grid(True, alpha=0.3)
+    histogram.set_xlabel("confidence (largest probability)")
+    histogram.set_ylabel("rows")
+    if title:
+        diagram.set_title(title)
+    return save_png(figure, path)

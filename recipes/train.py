@@ -48,6 +48,7 @@ from dmha_modules.age_uncertainty import (
     calibrate_age,
     expected_calibration_error,
     interval_coverage,
+    plot_reliability,
     reliability_bins,
     speaker_means,
 )
@@ -73,7 +74,6 @@ from dmha_modules.model_folder import CALIBRATION_FILE, write_experiment_model
 from dmha_modules.plots import (
     plot_confusion_matrix,
     plot_embeddings_pca,
-    plot_reliability,
     plot_verification_scores,
 )
 from dmha_modules.prepare import BadInputError, DownloadError
