@@ -104,31 +104,44 @@ class VGGBlock(torch.nn.Module):
         Input channels.
     out_channels : int
         Output channels of both convolutions.
+    batch_norm : bool
+        BatchNorm between each convolution and its ReLU (not in the original;
+        see ``VGG``).
 
     Example
     -------
     >>> block = VGGBlock(1, 8)
     >>> block(torch.rand(2, 1, 7, 80), None).shape
     torch.Size([2, 8, 4, 40])
+    >>> len(VGGBlock(1, 8, batch_norm=True).norms)
+    2
     """
 
-    def __init__(self, in_channels, out_channels):
+    def __init__(self, in_channels, out_channels, batch_norm=False):
         super().__init__()
-        self.conv1 = torch.nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.conv2 = torch.nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        # A bias before BatchNorm would be cancelled by its mean.
+        self.conv1 = torch.nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=not batch_norm)
+        self.conv2 = torch.nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=not batch_norm)
         # He initialisation: with PyTorch's default one, which the original
         # kept, the scale of the activations drops ~180x through the eight
         # unnormalised layers of VGG4L and training barely moves on CPU budgets.
         for conv in (self.conv1, self.conv2):
             torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
-            torch.nn.init.zeros_(conv.bias)
+            if conv.bias is not None:
+                torch.nn.init.zeros_(conv.bias)
+        self.norms = torch.nn.ModuleList(
+            torch.nn.BatchNorm2d(out_channels) for _ in range(2 if batch_norm else 0)
+        )
 
     def forward(self, x, steps):
         """Applies the block to ``(B, C, T, F)``; ``steps`` are the valid frames or None."""
-        x = mask_time(torch.relu(self.conv1(x)), steps)
+        for index, conv in enumerate((self.conv1, self.conv2)):
+            x = conv(x)
+            if self.norms:
+                x = self.norms[index](x)
+            x = mask_time(torch.relu(x), steps)
         # Padded steps are zero and valid ones non-negative, so pooling keeps
         # padding at zero: no mask needed after it.
-        x = mask_time(torch.relu(self.conv2(x)), steps)
         return F.max_pool2d(x, 2, stride=2, ceil_mode=True)
 
 
@@ -148,6 +161,11 @@ class VGG(ConvFrontEnd):
         Number of blocks.
     input_size : int
         Number of input features per frame.
+    batch_norm : bool
+        BatchNorm after every convolution. The original has none, and its
+        eight unnormalised convolutions train slowly on small budgets
+        (``bench/tune.py``); the project's YAMLs turn it on, imports of the
+        original's checkpoints keep it off.
 
     Example
     -------
@@ -158,11 +176,12 @@ class VGG(ConvFrontEnd):
     640
     """
 
-    def __init__(self, channels=1024, n_blocks=4, input_size=80):
+    def __init__(self, channels=1024, n_blocks=4, input_size=80, batch_norm=False):
         super().__init__()
         widths = [channels // 2 ** (n_blocks - 1 - i) for i in range(n_blocks)]
         self.blocks = torch.nn.ModuleList(
-            VGGBlock(c_in, c_out) for c_in, c_out in zip([1] + widths[:-1], widths)
+            VGGBlock(c_in, c_out, batch_norm)
+            for c_in, c_out in zip([1] + widths[:-1], widths)
         )
         self.n_blocks = n_blocks
         self.output_size = channels * self.output_steps(input_size)
@@ -196,6 +215,8 @@ class VGG3L(VGG):
         Channels of the last block (``k``).
     input_size : int
         Number of input features per frame.
+    batch_norm : bool
+        BatchNorm after every convolution (see ``VGG``).
 
     Example
     -------
@@ -204,8 +225,10 @@ class VGG3L(VGG):
     torch.Size([1, 3, 160])
     """
 
-    def __init__(self, channels=1024, input_size=80):
-        super().__init__(channels=channels, n_blocks=3, input_size=input_size)
+    def __init__(self, channels=1024, input_size=80, batch_norm=False):
+        super().__init__(
+            channels=channels, n_blocks=3, input_size=input_size, batch_norm=batch_norm
+        )
 
 
 class VGG4L(VGG):
@@ -217,6 +240,8 @@ class VGG4L(VGG):
         Channels of the last block (``k``; the paper's best model uses 1024).
     input_size : int
         Number of input features per frame.
+    batch_norm : bool
+        BatchNorm after every convolution (see ``VGG``).
 
     Example
     -------
@@ -225,8 +250,10 @@ class VGG4L(VGG):
     torch.Size([1, 2, 80])
     """
 
-    def __init__(self, channels=1024, input_size=80):
-        super().__init__(channels=channels, n_blocks=4, input_size=input_size)
+    def __init__(self, channels=1024, input_size=80, batch_norm=False):
+        super().__init__(
+            channels=channels, n_blocks=4, input_size=input_size, batch_norm=batch_norm
+        )
 
 
 class BasicBlock(torch.nn.Module):

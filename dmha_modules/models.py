@@ -1,6 +1,8 @@
-"""The embedding model: front-end, attention pooling and the 400-d embedding block."""
+"""The embedding models: front-end, attention pooling and the 400-d embedding block
+(the original's), and Double MHA pooling on ECAPA-TDNN's frame layers."""
 
 import torch
+from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN, BatchNorm1d, Conv1d
 
 from dmha_modules.front_ends import VGG3L, VGG4L, ResNet
 from dmha_modules.masks import frame_mask
@@ -60,6 +62,9 @@ class EmbeddingModel(torch.nn.Module):
         Dropout after e1 and e2 in training.
     collapse_time : bool
         Average the front-end's output over time (one step per utterance).
+    batch_norm : bool
+        BatchNorm after every convolution of a VGG front-end (not in the
+        original; the ResNet always has it).
 
     Example
     -------
@@ -83,13 +88,17 @@ class EmbeddingModel(torch.nn.Module):
         emb_dim=400,
         dropout=0.0,
         collapse_time=False,
+        batch_norm=False,
     ):
         super().__init__()
         if front_end not in FRONT_ENDS:
             raise ValueError(
                 f"Unknown front_end {front_end!r}; expected one of {list(FRONT_ENDS)}"
             )
-        self.front_end = FRONT_ENDS[front_end](channels=channels, input_size=input_size)
+        options = {} if front_end == "ResNet" else {"batch_norm": batch_norm}
+        self.front_end = FRONT_ENDS[front_end](
+            channels=channels, input_size=input_size, **options
+        )
         size = self.front_end.output_size
         if pooling == "Attention":
             self.pooling = AttentionPooling(size)
@@ -136,3 +145,65 @@ class EmbeddingModel(torch.nn.Module):
         e2 = self.dropout(self.norm(torch.relu(self.fc2(e1))))
         embeddings = e2.unsqueeze(1)
         return (embeddings, weights) if return_weights else embeddings
+
+
+class ChannelsFirstPooling(torch.nn.Module):
+    """A ``(B, T, D)`` pooling used on ECAPA-TDNN's channels-first frames ``(B, D, T)``.
+
+    Arguments
+    ---------
+    pooling : torch.nn.Module
+        Pools ``(B, T, D)`` with relative lengths into ``(B, P)``.
+
+    Example
+    -------
+    >>> pool = ChannelsFirstPooling(DoubleMHAPooling(8, heads=2, mask_prob=0.0))
+    >>> pool(torch.rand(3, 8, 5), lengths=torch.tensor([1.0, 0.6, 0.2])).shape
+    torch.Size([3, 4, 1])
+    """
+
+    def __init__(self, pooling):
+        super().__init__()
+        self.pooling = pooling
+
+    def forward(self, x, lengths=None):
+        """Pools ``(B, D, T)`` into ``(B, P, 1)``, as ECAPA-TDNN's own pooling returns."""
+        return self.pooling(x.transpose(1, 2), lengths).unsqueeze(-1)
+
+
+class ECAPADoubleMHA(ECAPA_TDNN):
+    """ECAPA-TDNN's frame layers with Double Multi-Head Attention pooling.
+
+    SpeechBrain's ``ECAPA_TDNN`` with its attentive statistics pooling (output
+    ``2 C``) replaced by :class:`~dmha_modules.pooling.DoubleMHAPooling` over
+    the ``C = channels[-1]`` channels of its multi-layer aggregation (output
+    ``C / heads``), then ECAPA's BatchNorm and linear layer to ``lin_neurons``:
+    the paper's pooling on a current frame-level network.
+
+    Arguments
+    ---------
+    input_size : int
+        Features per frame.
+    channels : list of int
+        ECAPA-TDNN's channels (the last one: the aggregated frames' size).
+    lin_neurons : int
+        Embedding size.
+    heads : int
+        Attention heads; ``channels[-1]`` must be a multiple of it.
+    mask_prob : float
+        Head-drop probability in training.
+
+    Example
+    -------
+    >>> model = ECAPADoubleMHA(channels=[32, 32, 32, 32, 96], lin_neurons=16, heads=4)
+    >>> model.eval()(torch.rand(2, 50, 80), torch.tensor([1.0, 0.5])).shape
+    torch.Size([2, 1, 16])
+    """
+
+    def __init__(self, input_size=80, channels=(512, 512, 512, 512, 1536), lin_neurons=192,
+                 heads=4, mask_prob=0.0):
+        super().__init__(input_size, channels=list(channels), lin_neurons=lin_neurons)
+        pooling = DoubleMHAPooling(channels[-1], heads, mask_prob)
+        self.asp = ChannelsFirstPooling(pooling)
+        self.asp_bn = BatchNorm1d(input_size=pooling.output_size)
+        self.fc = Conv1d(in_channels=pooling.output_size, out_channels=lin_neurons, kernel_size=1)

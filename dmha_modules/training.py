@@ -246,3 +246,77 @@ def output_folder_lock(folder, command):
             yield
         finally:
             handle.truncate(0)  # no holder any more; closing the file releases the lock
+
+
+@sb.utils.checkpoints.register_checkpoint_hooks
+class WarmupCosineLR:
+    """Learning rate per optimizer step: a linear warm-up, then half a cosine down.
+
+    Over the first ``warmup_epochs`` the rate rises linearly from ``lr /
+    warmup_steps`` to ``lr``; it then falls along half a cosine to
+    ``final_ratio * lr`` at the end of ``epochs`` epochs, and stays there.
+    The run's length must be known, so the recipe sets ``steps_per_epoch``
+    from its training loader before the first step (:class:`DMHABrain`'s
+    ``make_dataloader``). Saved with the checkpoints, so a resumed run goes
+    on where it stopped.
+
+    Arguments
+    ---------
+    lr : float
+        The peak rate.
+    epochs : int
+        The planned length of the run.
+    warmup_epochs : float
+        Length of the warm-up, in epochs.
+    final_ratio : float
+        The last rate, as a share of ``lr``.
+
+    Example
+    -------
+    >>> schedule = WarmupCosineLR(lr=1.0, epochs=3, warmup_epochs=1, final_ratio=0.0)
+    >>> schedule.steps_per_epoch = 2
+    >>> optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.0)
+    >>> rates = []
+    >>> for _ in range(7):
+    ...     schedule(optimizer)
+    ...     rates.append(round(optimizer.param_groups[0]["lr"], 3))
+    >>> rates  # warm-up over steps 1-2, cosine over steps 3-6
+    [0.5, 1.0, 0.854, 0.5, 0.146, 0.0, 0.0]
+    """
+
+    def __init__(self, lr, epochs, warmup_epochs=1.0, final_ratio=0.01):
+        self.lr = lr
+        self.epochs = epochs
+        self.warmup_epochs = warmup_epochs
+        self.final_ratio = final_ratio
+        self.steps_per_epoch = None
+        self.step = 0
+
+    def rate(self, step):
+        """The rate at optimizer step ``step`` (counted from 1)."""
+        warmup = max(1, round(self.warmup_epochs * self.steps_per_epoch))
+        if step <= warmup:
+            return self.lr * step / warmup
+        total = max(warmup + 1, self.epochs * self.steps_per_epoch)
+        progress = min(1.0, (step - warmup) / (total - warmup))
+        low = self.final_ratio * self.lr
+        return low + (self.lr - low) * 0.5 * (1 + np.cos(np.pi * progress))
+
+    def __call__(self, optimizer):
+        """Counts the optimizer step about to be taken and sets its rate in all groups."""
+        if self.steps_per_epoch is None:
+            raise RuntimeError("WarmupCosineLR: steps_per_epoch is not set")
+        self.step += 1
+        for group in optimizer.param_groups:
+            group["lr"] = float(self.rate(self.step))
+
+    @sb.utils.checkpoints.mark_as_saver
+    def save(self, path):
+        """Saves the step count."""
+        torch.save({"step": self.step}, path)
+
+    @sb.utils.checkpoints.mark_as_loader
+    def load(self, path, end_of_epoch=False):
+        """Loads the step count."""
+        del end_of_epoch  # the count is the same either way
+        self.step = torch.load(path, weights_only=True)["step"]

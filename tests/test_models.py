@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dmha_modules.front_ends import VGG3L, VGG4L, ResNet
+from dmha_modules.front_ends import VGG3L, VGG4L, ResNet, VGGBlock
 from dmha_modules.features import LogMelFeatures, UtteranceNorm
-from dmha_modules.models import EmbeddingModel
+from dmha_modules.models import ECAPADoubleMHA, EmbeddingModel
+from dmha_modules.pooling import DoubleMHAPooling
 
 FRONT_ENDS = ["VGG3L", "VGG4L", "ResNet"]
 POOLINGS = ["Attention", "MHA", "DoubleMHA"]
@@ -17,6 +18,7 @@ POOLINGS = ["Attention", "MHA", "DoubleMHA"]
 FRONT_END_KWARGS = {
     **{name: {"front_end": name} for name in FRONT_ENDS},
     "ResNet-collapsed": {"front_end": "ResNet", "collapse_time": True},
+    "VGG4L-batch-norm": {"front_end": "VGG4L", "batch_norm": True},
 }
 
 
@@ -155,6 +157,28 @@ def test_long_inputs_encoded_in_chunks_equal_one_pass(front_end):
     assert not torch.allclose(no_context, one_pass, atol=1e-5)
 
 
+def test_vgg_block_with_batch_norm_normalises_each_convolution():
+    # Reference: conv -> batch statistics (biased variance, as BatchNorm's
+    # training mode) -> ReLU, twice, then 2x2 max-pooling, written out here.
+    torch.manual_seed(0)
+    block = VGGBlock(1, 4, batch_norm=True).train()
+    x = torch.randn(3, 1, 6, 8)
+
+    def normalise(y):
+        mean = y.mean(dim=(0, 2, 3), keepdim=True)
+        var = y.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+        return (y - mean) / torch.sqrt(var + 1e-5)
+
+    hidden = torch.relu(normalise(F.conv2d(x, block.conv1.weight, padding=1)))
+    expected = F.max_pool2d(
+        torch.relu(normalise(F.conv2d(hidden, block.conv2.weight, padding=1))), 2, ceil_mode=True
+    )
+    torch.testing.assert_close(block(x, None), expected, atol=1e-5, rtol=1e-4)
+    # The original's block has biases and no normalisation.
+    assert block.conv1.bias is None and VGGBlock(1, 4).conv1.bias is not None
+    assert not list(VGGBlock(1, 4).norms)
+
+
 def test_time_collapsed_resnet_averages_over_time_and_frequency():
     # The age variant's resnet ends in AdaptiveAvgPool2d((1, 1)): the mean of
     # the last stage's output over every step and frequency bin, which
@@ -178,3 +202,26 @@ def test_time_collapsed_resnet_averages_over_time_and_frequency():
         embeddings, weights = model(feats, return_weights=True)
     assert weights.shape == (1, 1)
     torch.testing.assert_close(embeddings[:, 0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_ecapa_double_mha_pools_ecapa_frames_with_double_mha():
+    # Reference: ECAPA-TDNN's frame layers and aggregation run by hand, then the
+    # Double MHA pooling of the paper, ECAPA's BatchNorm and linear layer.
+    torch.manual_seed(0)
+    model = ECAPADoubleMHA(channels=[32, 32, 32, 32, 96], lin_neurons=16, heads=4).eval()
+    randomise_batch_norms(model)
+    feats, lengths = torch.randn(2, 60, 80), torch.tensor([1.0, 0.5])
+    with torch.no_grad():
+        x = feats.transpose(1, 2)
+        outputs = []
+        for layer in model.blocks:
+            x = layer(x, lengths=lengths) if outputs else layer(x)
+            outputs.append(x)
+        frames = model.mfa(torch.cat(outputs[1:], dim=1))
+        pooled = model.asp.pooling(frames.transpose(1, 2), lengths)
+        expected = model.fc(model.asp_bn(pooled.unsqueeze(-1))).transpose(1, 2)
+        embeddings = model(feats, lengths)
+    assert pooled.shape == (2, 96 // 4)
+    torch.testing.assert_close(embeddings, expected)
+    assert embeddings.shape == (2, 1, 16)
+    assert isinstance(model.asp.pooling, DoubleMHAPooling)
