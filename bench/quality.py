@@ -1,21 +1,29 @@
-"""How good: DMHA vs SpeechBrain's ECAPA-TDNN under the same training budget.
+"""How good: DMHA vs SpeechBrain's ECAPA-TDNN at equal training budget, over several splits.
 
-Each model is trained by ``recipes/train.py`` twice on speechocean762 (the
-same data, epochs and seed): with ``hparams/speaker.yaml`` for verification
-and ``hparams/age.yaml`` for age. Reported on the held-out test speakers:
-speaker EER and minDCF (p_target 0.01), age macro-F1, balanced accuracy and
-MAE in years, training wall-clock and parameter count; cross-corpus, the EER
-of each speaker model on every pair of ``librispeech-test-other-10spk``
-(never trained on), scored by ``dmha score``. The zero-training floors come
-from the same manifests and trials. The paper-size DMHA (VGG4L k=1024, 16
+Each model is trained by ``recipes/train.py`` on speechocean762 once per split
+seed (``--seeds``; the seed draws the speaker-disjoint train / valid / test
+split and the training's randomness): with ``hparams/speaker.yaml`` for
+verification and ``hparams/age.yaml`` for age. Equal budget means equal
+wall-clock: each model trains the number of epochs that fills the same minutes
+on the same machine (``MODELS``; the table shows the minutes measured).
+Reported per model as mean and spread (sample standard deviation, and the
+range) over the splits, on the held-out test speakers of each: speaker EER and
+minDCF (p_target 0.01), age macro-F1, balanced accuracy and MAE in years;
+cross-corpus, the EER of each speaker model on every pair of
+``librispeech-test-other-10spk`` (never trained on), scored by ``dmha score``;
+training minutes and parameters. The zero-training floors come from the first
+split's manifests. ``--thread_check N`` also trains the default DMHA age model
+of the first seed on N threads (the table's runs use cores / jobs each), as
+thread count changes the arithmetic. The paper-size DMHA (VGG4L k=1024, 16
 heads) is trained only where a GPU is present; otherwise its row says skipped.
 
-    python bench/quality.py [--data DIR] [--epochs N] [--jobs N] [--out results/quality]
+    python bench/quality.py [--seeds 1986 7 42] [--jobs 2] [--thread_check 2] [--out results/quality]
 
 Runs that finished are reused (each writes ``test_metrics.json`` and
 ``wall_clock.json``); an interrupted one resumes from its checkpoint, its
-wall-clock then covering only the last attempt. The table goes to stdout and
-``<out>/quality.md``.
+wall-clock then covering only the last attempt. The tables go to stdout and
+``<out>/quality.md``, the training curves (loss and validation metric per
+epoch, per model and split) to ``<out>/curves.png``.
 """
 
 import argparse
@@ -23,6 +31,7 @@ import datetime
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -30,31 +39,42 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 
 from dmha_modules.atomic import write_atomic
 from dmha_modules.metrics import classification_metrics, verification_metrics
 from dmha_modules.model_builder import read_manifest
+from dmha_modules.plots import save_png
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# (run name, table row, recipe overrides, needs a GPU)
+# (run name, table row, recipe overrides, epochs, needs a GPU). Both CPU models
+# run ECAPA-TDNN's frame layers at C=256 (the YAMLs' ecapa_channels) for the
+# same epochs and differ only in the pooling, so their budgets are equal by
+# construction; the table's minutes column shows the wall-clock measured.
 MODELS = [
-    ("dmha", "DMHA (YAML defaults: VGG4L k=128, 8 heads, no head drop, lr 3e-4)", [], False),
-    # C=256: about the default DMHA's compute per utterance, so that the CPU
-    # budget trains both the same number of epochs in similar time.
-    # lr 1e-3: bench/tune.py tuned DMHA's lr only; ECAPA keeps the one it was first measured with.
-    ("ecapa", "ECAPA-TDNN (C=256, 192-d)",
-     ["--embedding", "ecapa", "--emb_dim", "192", "--ecapa_channels", "[256,256,256,256,768]",
-      "--lr", "0.001"],
-     False),
+    ("dmha", "DMHA (YAML defaults: ECAPA-TDNN C=256 frames + Double MHA pooling, 4 heads)",
+     [], 5, False),
+    ("ecapa", "ECAPA-TDNN (C=256, attentive statistics pooling)", ["--embedding", "ecapa"], 5, False),
     ("dmha_paper", "DMHA paper size (VGG4L k=1024, 16 heads, head drop 0.3)",
-     ["--channels", "1024", "--heads", "16", "--mask_prob", "0.3"], True),
+     ["--embedding", "dmha", "--emb_dim", "400", "--channels", "1024", "--heads", "16",
+      "--mask_prob", "0.3", "--batch_norm", "False", "--lr", "0.0001"], 15, True),
+]
+TASKS = ("speaker", "age")
+# Table columns: (header, task, metric key, format, scale).
+COLUMNS = [
+    ("speaker EER", "speaker", "eer", "{:.2f} %", 100),
+    ("minDCF", "speaker", "min_dcf", "{:.3f}", 1),
+    ("EER on LibriSpeech (unseen)", "speaker", "librispeech_eer", "{:.2f} %", 100),
+    ("age macro-F1", "age", "macro_f1", "{:.3f}", 1),
+    ("balanced acc.", "age", "balanced_accuracy", "{:.3f}", 1),
+    ("MAE (years)", "age", "mae_years", "{:.2f}", 1),
 ]
 
 
-def train(task, slug, name, extra, args, threads=None):
-    """Runs the recipe (or reuses a finished run) on ``threads`` CPU threads
-    (default: torch's); returns its output folder."""
-    output = os.path.join(args.out, f"{slug}_{task}")
+def train(task, run, name, extra, args, threads=None):
+    """Runs the recipe with ``extra`` options into ``<out>/<run>`` (or reuses a finished
+    run) on ``threads`` CPU threads (default: torch's); returns its output folder."""
+    output = os.path.join(args.out, run)
     timing = os.path.join(output, "wall_clock.json")
     if os.path.exists(timing) and os.path.exists(os.path.join(output, "test_metrics.json")):
         return output
@@ -62,9 +82,7 @@ def train(task, slug, name, extra, args, threads=None):
                os.path.join(REPO, "hparams", f"{task}.yaml"),
                "--data_folder", os.path.join(args.data, "speechocean762"),
                "--output_folder", output, "--noprogressbar"]
-    if args.epochs:
-        command += ["--number_of_epochs", str(args.epochs)]
-    print(f"[{datetime.datetime.now():%H:%M:%S}] training {name}, {task}", flush=True)
+    print(f"[{datetime.datetime.now():%H:%M:%S}] training {name}, {task} ({run})", flush=True)
     start = time.perf_counter()
     env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
     subprocess.run(command + extra, check=True, cwd=REPO, stdout=subprocess.DEVNULL, env=env)
@@ -130,69 +148,164 @@ def publish_table(path, lines):
     print("\n" + table)
 
 
+def mean_and_spread(values, fmt, scale):
+    """``mean ± sd (min–max)`` of a metric over the splits, in the column's format."""
+    values = scale * np.asarray(values, dtype=float)
+    number = fmt.replace(" %", "")
+    spread = number.format(values.std(ddof=1)) if len(values) > 1 else "–"
+    return (f"{fmt.format(values.mean())} ± {spread} "
+            f"({number.format(values.min())}–{number.format(values.max())})")
+
+
+def epoch_curves(folder):
+    """Training loss and the selection metric per epoch, from a run's ``train_log.txt``."""
+    with open(os.path.join(folder, "train_log.txt")) as f:
+        lines = [line for line in f if line.startswith("epoch:")]
+    key = "eer" if "valid eer:" in lines[0] else "macro_f1"
+    loss = [float(re.search(r"train loss: ([0-9.e+-]+)", line).group(1)) for line in lines]
+    metric = [float(re.search(rf"valid {key}: ([0-9.e+-]+)", line).group(1)) for line in lines]
+    return key, loss, metric
+
+
+def plot_curves(folders, path):
+    """Training loss and validation metric per epoch: a panel per task and measure,
+    a colour per model, a line per split."""
+    figure = Figure(figsize=(11, 7.5))
+    axes = figure.subplots(2, 2)
+    colours = dict(zip(sorted({slug for slug, _, _ in folders}), ["C0", "C3", "C2"]))
+    for (slug, task, seed), folder in sorted(folders.items()):
+        key, loss, metric = epoch_curves(folder)
+        column = TASKS.index(task)
+        epochs = range(1, len(loss) + 1)
+        label = slug if seed == min(s for _, _, s in folders) else None
+        axes[0, column].plot(epochs, loss, colours[slug], alpha=0.7, label=label)
+        axes[1, column].plot(epochs, metric, colours[slug], alpha=0.7, label=label)
+        axes[0, column].set_title(f"{task}: training loss")
+        axes[1, column].set_title(f"{task}: validation {key.replace('_', '-')}")
+    for ax in axes.flat:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    figure.suptitle("One line per split seed; equal wall-clock, so the models' epochs differ")
+    figure.tight_layout()
+    save_png(figure, path)
+
+
+def train_all(args, threads):
+    """Trains (or reuses) every run; returns ``(slug, task, seed) -> output folder``."""
+    runs = [(slug, name, extra, epochs, task, seed)
+            for seed in args.seeds for task in TASKS
+            for slug, name, extra, epochs, needs_gpu in MODELS
+            if torch.cuda.is_available() or not needs_gpu]
+
+    def run(spec):
+        slug, name, extra, epochs, task, seed = spec
+        options = extra + ["--seed", str(seed), "--number_of_epochs", str(epochs)]
+        return train(task, f"{slug}_{task}_{seed}", name, options, args, threads=threads)
+
+    # Queued model by model within each task and split, so the runs side by
+    # side are mostly the two models of one split: what else the machine does
+    # slows both.
+    with ThreadPoolExecutor(args.jobs) as pool:
+        folders = list(pool.map(run, runs))
+    return {(slug, task, seed): folder
+            for (slug, _, _, _, task, seed), folder in zip(runs, folders)}
+
+
+def run_figures(folder, task, root, trials):
+    """A run's test metrics (with the LibriSpeech EER for speakers) and minutes."""
+    metrics = read_json(folder, "test_metrics.json")
+    if task == "speaker":
+        metrics["librispeech_eer"] = cross_corpus_eer(
+            folder, root, trials, os.path.join(folder, "librispeech_scores.txt"))
+    metrics["minutes"] = read_json(folder, "wall_clock.json")["seconds"] / 60
+    return metrics
+
+
+def thread_check(args, folders):
+    """Test MAE of the default DMHA age model of the first seed on ``args.thread_check``
+    threads, beside the same run on cores / jobs threads."""
+    seed = args.seeds[0]
+    slug, name, extra, epochs, _ = MODELS[0]
+    folder = train("age", f"{slug}_age_{seed}_threads{args.thread_check}", name,
+                   extra + ["--seed", str(seed), "--number_of_epochs", str(epochs)], args,
+                   threads=args.thread_check)
+    other = read_json(folders[slug, "age", seed], "test_metrics.json")["mae_years"]
+    mine = read_json(folder, "test_metrics.json")["mae_years"]
+    return (f"Thread count (seed {seed}, DMHA age): test MAE {other:.2f} years on the table's "
+            f"threads, {mine:.2f} on {args.thread_check} thread(s).")
+
+
 def main():
     data = os.environ.get("DMHA_DATA", os.path.join(REPO, "..", "shared", "data"))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=data, help="DMHA_DATA folder")
-    parser.add_argument("--epochs", type=int, help="epochs for every run (default: the YAMLs')")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1986, 7, 42],
+                        help="split seeds (speaker-disjoint splits)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="trainings at once, each on cores / jobs threads")
+    parser.add_argument("--thread_check", type=int, metavar="N",
+                        help="also train the first seed's DMHA age model on N threads")
     parser.add_argument("--out", default=os.path.join(REPO, "results", "quality"))
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     trials = os.path.join(args.out, "librispeech_trials.txt")
     root, cross_labels = librispeech_trials(args.data, trials)
-
-    # Both tasks of a model run side by side with --jobs 2, so their minutes compare.
-    runs = [(task, slug, name, extra) for slug, name, extra, needs_gpu in MODELS
-            if torch.cuda.is_available() or not needs_gpu for task in ("speaker", "age")]
     threads = max(1, torch.get_num_threads() // args.jobs)
-    with ThreadPoolExecutor(args.jobs) as pool:
-        folders = pool.map(lambda run: train(*run, args, threads=threads), runs)
-        folders = {(slug, task): folder for (task, slug, _, _), folder in zip(runs, folders)}
+    folders = train_all(args, threads)
 
-    rows = []
-    age_run = None
-    for slug, name, extra, needs_gpu in MODELS:
-        if (slug, "speaker") not in folders:
-            rows.append(f"| {name} | skipped: no GPU | | | | | | | |")
+    rows, per_split = [], []
+    for slug, name, _, epochs, needs_gpu in MODELS:
+        if (slug, "speaker", args.seeds[0]) not in folders:
+            rows.append(f"| {name} | skipped: no GPU |" + " |" * (len(COLUMNS) + 2))
             continue
-        speaker_run, age_run = folders[slug, "speaker"], folders[slug, "age"]
-        speaker = read_json(speaker_run, "test_metrics.json")
-        age = read_json(age_run, "test_metrics.json")
-        cross = cross_corpus_eer(speaker_run, root, trials,
-                                 os.path.join(speaker_run, "librispeech_scores.txt"))
-        minutes = (read_json(speaker_run, "wall_clock.json")["seconds"],
-                   read_json(age_run, "wall_clock.json")["seconds"])
-        rows.append(
-            f"| {name} | {100 * speaker['eer']:.2f} % | {speaker['min_dcf']:.3f} | "
-            f"{100 * cross:.2f} % | {age['macro_f1']:.3f} | {age['balanced_accuracy']:.3f} | "
-            f"{age['mae_years']:.2f} | {minutes[0] / 60:.1f} + {minutes[1] / 60:.1f} | "
-            f"{parameters(speaker_run) / 1e6:.2f} M |"
-        )
+        figures = {(task, seed): run_figures(folders[slug, task, seed], task, root, trials)
+                   for task in TASKS for seed in args.seeds}
+        cells = [mean_and_spread([figures[task, seed][key] for seed in args.seeds], fmt, scale)
+                 for _, task, key, fmt, scale in COLUMNS]
+        minutes = " + ".join(
+            "{:.1f}".format(np.mean([figures[task, seed]["minutes"] for seed in args.seeds]))
+            for task in TASKS)
+        size = parameters(folders[slug, "speaker", args.seeds[0]]) / 1e6
+        rows.append(f"| {name} | {' | '.join(cells)} | {epochs}, {minutes} | {size:.2f} M |")
+        for seed in args.seeds:
+            values = [fmt.format(scale * figures[task, seed][key])
+                      for _, task, key, fmt, scale in COLUMNS]
+            per_split.append(f"| {slug} | {seed} | {' | '.join(values)} |")
         print(rows[-1], flush=True)
 
-    majority, floor, mean_age, mae = age_floors(age_run, os.path.join(args.data, "speechocean762"))
+    first = folders["dmha", "age", args.seeds[0]]
+    majority, floor, mean_age, mae = age_floors(first, os.path.join(args.data, "speechocean762"))
     rng = np.random.default_rng(0)
     random_eer = verification_metrics(rng.random(len(cross_labels)), cross_labels)["eer"]
-    rows.append(f"| floor: majority group ({majority}) | | | | {floor['macro_f1']:.3f} | "
-                f"{floor['balanced_accuracy']:.3f} | | 0 | 0 |")
-    rows.append(f"| floor: mean training age ({mean_age:.1f}) | | | | | | {mae:.2f} | 0 | 0 |")
+    rows.append(f"| floor: majority group ({majority}), seed {args.seeds[0]} | | | | "
+                f"{floor['macro_f1']:.3f} | {floor['balanced_accuracy']:.3f} | | 0 | 0 |")
+    rows.append(f"| floor: mean training age ({mean_age:.1f}), seed {args.seeds[0]} | | | | | | "
+                f"{mae:.2f} | 0 | 0 |")
     rows.append(f"| floor: random scores | 50 % (expected) | 1.0 | {100 * random_eer:.2f} % | "
                 "| | | 0 | 0 |")
-    epochs = args.epochs or "15, the YAMLs'"
-    publish_table(os.path.join(args.out, "quality.md"), [
+    plot_curves(folders, os.path.join(args.out, "curves.png"))
+    headers = [header for header, *_ in COLUMNS]
+    lines = [
         f"Measured {datetime.date.today()} by `python {' '.join(['bench/quality.py'] + sys.argv[1:])}` "
         f"({threads} CPU thread(s) per training, {args.jobs} at once, "
         f"{'GPU: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}); "
-        f"speechocean762, same split, seed and epochs ({epochs}) for every model; "
-        "test = held-out speakers.",
+        f"speechocean762, {len(args.seeds)} speaker-disjoint splits (seeds "
+        f"{', '.join(map(str, args.seeds))}); test = each split's held-out speakers; "
+        "mean ± sd (min–max) over the splits.",
         "",
-        "| model | speaker EER | minDCF | EER on LibriSpeech (unseen) | age macro-F1 | "
-        "balanced acc. | MAE (years) | training minutes (speaker + age) | parameters |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | " + " | ".join(headers) + " | epochs, training minutes (speaker + age) "
+        "| parameters |",
+        "|---|" + "---:|" * (len(headers) + 2),
         *rows,
-    ])
+        "",
+        "| model | seed | " + " | ".join(headers) + " |",
+        "|---|---:|" + "---:|" * len(headers),
+        *per_split,
+    ]
+    if args.thread_check:
+        lines += ["", thread_check(args, folders)]
+    publish_table(os.path.join(args.out, "quality.md"), lines)
 
 
 if __name__ == "__main__":

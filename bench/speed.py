@@ -41,7 +41,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_RATE = 16000
 EMBED_SECONDS, CROP_SECONDS, TRAIN_BATCH, CLASSES = 3.0, 3.5, 16, 100
 MODELS = {
-    "dmha": ("DMHA, default (VGG4L k=128, 8 heads)", dict(channels=128, heads=8)),
+    "dmha": ("DMHA, VGG4L k=128, 8 heads (the default until 2026-11-25)", dict(channels=128, heads=8)),
     "dmha_paper": ("DMHA, paper size (VGG4L k=1024, 16 heads)", dict(channels=1024, heads=16)),
     "ecapa": ("ECAPA-TDNN (C=512, 192-d)", None),
     "original": ("original code, paper size (same weights)", None),

@@ -1,19 +1,19 @@
-"""What moves DMHA's speaker EER under the CPU budget: one change at a time.
+"""What moves DMHA's speaker EER and age errors under the CPU budget: one change at a time.
 
-Trains ``hparams/speaker.yaml``'s DMHA through ``recipes/train.py`` on
-speechocean762 (the split and seed of ``bench/quality.py``) once per
-variant below: the former YAML defaults (``START``) changed as its row says.
-Reports the best validation EER (the variants are chosen on it), the test EER
-and minDCF of that checkpoint, its EER on ``librispeech-test-other-10spk``
-(as in ``bench/quality.py``), the last epoch's training loss and the
-wall-clock.
+Trains DMHA through ``recipes/train.py`` on speechocean762 (the split and seed
+of ``bench/quality.py``'s first seed) once per variant of the task chosen: the
+YAML defaults changed as the row says. Variants are chosen on validation, never
+on test: for speakers the best validation EER, for age the validation macro-F1
+and MAE of the selected checkpoint's epoch. Also shown: the test figures of that
+checkpoint, the last epoch's training loss and the wall-clock.
 
-    python bench/tune.py [--epochs 5] [--jobs 2] [--only base nomask ...]
+    python bench/tune.py --task speaker [--epochs 8] [--jobs 2] [--only base nobn ...]
+    python bench/tune.py --task age [--epochs 8] [--jobs 2]
 
 ``--jobs N`` trains N variants at once, each on cores / N threads (on a
 small model, two single-thread runs get more done than one two-thread run;
 minutes are then per run, side by side). Finished runs are reused, as in
-``bench/quality.py``. The table goes to stdout and ``<out>/tune.md``.
+``bench/quality.py``. The table goes to stdout and ``<out>/tune_<task>.md``.
 """
 
 import argparse
@@ -35,52 +35,67 @@ from quality import (  # noqa: E402
     train,
 )
 
-# Every run starts from the YAML defaults as they were before this sweep
-# (head drop 0.3, lr 1e-3; its outcome, no head drop and lr 3e-4, is today's
-# default) and changes what its row says.
-START = {"mask_prob": "0.3", "lr": "0.001"}
-NO_HEAD_DROP = {"mask_prob": "0.0"}
-VARIANTS = [
-    ("base", "none (8 heads, head drop 0.3, m 0.4, lr 1e-3, 3.0 s crops, augmented)", {}),
-    ("heads2", "2 heads (pooled size 320 instead of 80)", {"heads": "2"}),
-    ("heads4", "4 heads (pooled size 160)", {"heads": "4"}),
-    ("nomask", "no head drop", NO_HEAD_DROP),
-    ("margin0.2", "AM-Softmax margin 0.2", {"margin": "0.2"}),
-    ("lr3e-3", "lr 3e-3", {"lr": "0.003"}),
-    ("crop3.5", "3.5 s crops (the paper's)", {"crop_seconds": "3.5"}),
-    ("noaug", "no waveform augmentation", {"wav_augment": "null"}),
-    # Second round: no head drop plus one more change (the longest run first).
-    ("nomask+k256", "no head drop, front-end k=256 (1.40 M parameters, 4x the convolutions)",
-     {**NO_HEAD_DROP, "channels": "256"}),
-    ("nomask+noaug", "no head drop, no augmentation", {**NO_HEAD_DROP, "wav_augment": "null"}),
-    ("nomask+crop3.5", "no head drop, 3.5 s crops", {**NO_HEAD_DROP, "crop_seconds": "3.5"}),
-    ("nomask+lr3e-4", "no head drop, lr 3e-4 (today's defaults)", {**NO_HEAD_DROP, "lr": "0.0003"}),
-    ("nomask+heads4", "no head drop, 4 heads", {**NO_HEAD_DROP, "heads": "4"}),
-    ("nomask+crop3.5+noaug", "no head drop, 3.5 s crops, no augmentation",
-     {**NO_HEAD_DROP, "crop_seconds": "3.5", "wav_augment": "null"}),
-]
+# Each row names every setting it changes from today's YAML defaults. The VGG
+# rows start from the original's front-end at the former default size (VGG4L
+# k=128, 8 heads, 400-d) with BatchNorm and the warm-up + cosine schedule.
+VGG = {"embedding": "dmha", "emb_dim": "400", "heads": "8", "lr": "0.0003"}
+# Today's default model, spelled out (ECAPA-TDNN's epochs at equal budget: 5).
+ECAPA_DMHA = {"embedding": "ecapa_dmha", "emb_dim": "192", "heads": "4", "lr": "0.001",
+              "ecapa_channels": "[256,256,256,256,768]", "number_of_epochs": "5"}
+VARIANTS = {
+    "speaker": [
+        ("base", "VGG4L k=128 + BatchNorm, 8 heads, lr 3e-4, 8 epochs", VGG),
+        ("lr1e-3", "as base, peak lr 1e-3", {**VGG, "lr": "0.001"}),
+        ("lr3e-3", "as base, peak lr 3e-3", {**VGG, "lr": "0.003"}),
+        ("ecapa_dmha", "ECAPA-TDNN C=256 frames + Double MHA (4 heads), lr 1e-3, 5 epochs "
+         "(today's defaults)", ECAPA_DMHA),
+    ],
+    "age": [
+        ("lr1e-3", "VGG4L k=128 + BatchNorm, 8 heads, lr 1e-3, 8 epochs", {**VGG, "lr": "0.001"}),
+        ("ecapa_dmha", "ECAPA-TDNN C=256 frames + Double MHA (4 heads), lr 1e-3, 5 epochs "
+         "(today's defaults)", ECAPA_DMHA),
+    ],
+}
+# What a variant is chosen on, per task: (log key, table header, format, best).
+VALIDATION = {
+    "speaker": [("eer", "valid EER", "{:.2%}", min)],
+    "age": [("macro_f1", "valid macro-F1", "{:.3f}", max), ("mae_years", "valid MAE", "{:.2f}", min)],
+}
 
 
-def log_summary(folder):
-    """Best validation EER, its epoch, and the last training loss from ``train_log.txt``."""
+def log_summary(folder, task):
+    """Validation figures of the selected epoch, that epoch and the last training loss.
+
+    The selected epoch is the one the recipe tests: the best by the YAML's
+    selection metric (EER for speakers, macro-F1 for age).
+    """
     with open(os.path.join(folder, "train_log.txt")) as f:
         epochs = [line for line in f if line.startswith("epoch:")]
-    eers = [float(re.search(r"valid eer: ([0-9.e+-]+)", line).group(1)) for line in epochs]
+
+    def values(key):
+        return [float(re.search(rf"valid {key}: ([0-9.e+-]+)", line).group(1)) for line in epochs]
+
+    (key, _, _, best), *_ = VALIDATION[task]
+    series = values(key)
+    chosen = series.index(best(series))
+    figures = [values(name)[chosen] for name, _, _, _ in VALIDATION[task]]
     loss = float(re.search(r"train loss: ([0-9.e+-]+)", epochs[-1]).group(1))
-    best = min(range(len(eers)), key=eers.__getitem__)
-    return eers[best], best + 1, loss
+    return figures, chosen + 1, loss
 
 
 def main():
     data = os.environ.get("DMHA_DATA", os.path.join(REPO, "..", "shared", "data"))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", choices=sorted(VARIANTS), default="speaker")
     parser.add_argument("--data", default=data, help="DMHA_DATA folder")
-    parser.add_argument("--epochs", type=int, default=5, help="epochs of every run")
+    parser.add_argument("--epochs", type=int, default=8,
+                        help="epochs of every run that does not set its own")
+    parser.add_argument("--seed", type=int, default=1986, help="split and training seed")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="these variants only")
     parser.add_argument("--out", default=os.path.join(REPO, "results", "tune"))
     args = parser.parse_args()
-    known = {name: (text, extra) for name, text, extra in VARIANTS}
+    known = {name: (text, extra) for name, text, extra in VARIANTS[args.task]}
     unknown = sorted(set(args.only or []) - set(known))
     if unknown:
         parser.error(f"unknown variants {unknown}; expected some of {list(known)}")
@@ -92,27 +107,38 @@ def main():
 
     def run(variant):
         name, text, overrides = variant
-        extra = [arg for key, value in {**START, **overrides}.items()
-                 for arg in (f"--{key}", value)]
-        folder = train("speaker", name, text, extra, args, threads=threads)
-        valid, epoch, loss = log_summary(folder)
+        settings = {"seed": args.seed, "number_of_epochs": args.epochs, **overrides}
+        extra = [arg for key, value in settings.items() for arg in (f"--{key}", str(value))]
+        run_name = f"{name}_{args.task}_{args.seed}_e{settings['number_of_epochs']}"
+        folder = train(args.task, run_name, text, extra, args, threads=threads)
+        figures, epoch, loss = log_summary(folder, args.task)
+        valid = " | ".join(fmt.format(value) for value, (_, _, fmt, _)
+                           in zip(figures, VALIDATION[args.task]))
         test = read_json(folder, "test_metrics.json")
-        cross = cross_corpus_eer(folder, root, trials, os.path.join(folder, "librispeech_scores.txt"))
         minutes = read_json(folder, "wall_clock.json")["seconds"] / 60
-        return (f"| {name} | {text} | {100 * valid:.2f} % (epoch {epoch}) | "
-                f"{100 * test['eer']:.2f} % | {test['min_dcf']:.3f} | {100 * cross:.2f} % | "
-                f"{loss:.2f} | {minutes:.1f} |")
+        if args.task == "age":
+            tested = f"{test['macro_f1']:.3f} | {test['mae_years']:.2f}"
+        else:
+            cross = cross_corpus_eer(folder, root, trials,
+                                     os.path.join(folder, "librispeech_scores.txt"))
+            tested = f"{test['eer']:.2%} | {test['min_dcf']:.3f} | {cross:.2%}"
+        return f"| {name} | {text} | {valid} (epoch {epoch}) | {tested} | {loss:.2f} | {minutes:.1f} |"
 
     with ThreadPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(run, runs))
-    publish_table(os.path.join(args.out, "tune.md"), [
-        f"Measured {datetime.date.today()} by `python bench/tune.py --epochs {args.epochs} "
-        f"--jobs {args.jobs}` ({threads} CPU thread(s) per run); DMHA speaker model, "
-        "speechocean762, same split and seed; test = held-out speakers.",
+    valid_headers = [header for _, header, _, _ in VALIDATION[args.task]]
+    test_headers = (["test macro-F1", "test MAE"] if args.task == "age"
+                    else ["test EER", "test minDCF", "EER on LibriSpeech (unseen)"])
+    headers = ["run", "what it trains", *valid_headers, *test_headers,
+               "last train loss", "minutes"]
+    publish_table(os.path.join(args.out, f"tune_{args.task}.md"), [
+        f"Measured {datetime.date.today()} by `python bench/tune.py --task {args.task} "
+        f"--epochs {args.epochs} --seed {args.seed} --jobs {args.jobs}` ({threads} CPU "
+        f"thread(s) per run); DMHA {args.task} model, speechocean762, one split; "
+        "test = held-out speakers, shown, never used to choose.",
         "",
-        "| run | change from head drop 0.3, lr 1e-3 | best valid EER | test EER | test minDCF | "
-        "EER on LibriSpeech (unseen) | last train loss | minutes |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| " + " | ".join(headers) + " |",
+        "|---|---|" + "---:|" * (len(headers) - 2),
         *rows,
     ])
 

@@ -126,6 +126,20 @@ class DMHABrain(DDPBrain):
         self.label_encoders = label_encoders
         self.group_loss = group_loss
 
+    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        """SpeechBrain's loader; the training one also tells the lr schedule the epoch's length."""
+        loader = super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
+        if stage == sb.Stage.TRAIN:
+            self.hparams.lr_annealing.steps_per_epoch = max(
+                1, len(loader) // self.grad_accumulation_factor
+            )
+        return loader
+
+    def on_fit_batch_start(self, batch, should_step):
+        """Sets the learning rate of the optimizer step this batch ends in."""
+        if should_step:
+            self.hparams.lr_annealing(self.optimizer)
+
     def compute_forward(self, batch, stage):
         """Waveforms -> features -> embeddings -> class scores (and ages in years)."""
         batch = batch.to(self.device)
@@ -226,7 +240,7 @@ class DMHABrain(DDPBrain):
         return self.concatenated()
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
-        """Logs, anneals the learning rate, checkpoints the best model, writes test outputs."""
+        """Logs, checkpoints the best model, writes test outputs."""
         if stage == sb.Stage.TRAIN:
             self.train_loss = stage_loss
             return
@@ -237,13 +251,9 @@ class DMHABrain(DDPBrain):
         if stage == sb.Stage.VALID:
             # The scheduler and the stopper minimise: negate metrics to maximise.
             sign = -1 if self.hparams.selection_direction == "max" else 1
-            old_lr, new_lr = self.hparams.lr_annealing(
-                [self.optimizer], epoch, sign * metrics[key]
-            )
-            sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
             self.hparams.epoch_counter.update_metric(sign * metrics[key])
             self.hparams.train_logger.log_stats(
-                stats_meta={"epoch": epoch, "lr": old_lr},
+                stats_meta={"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]},
                 train_stats={"loss": self.train_loss},
                 valid_stats=stats,
             )

@@ -39,7 +39,11 @@ def write_voice(path, f0, rng, sample_rate=16000, seconds=None):
 
 
 def recipe_command(hparams, corpus, output, *extra):
-    """The recipe on ``hparams/<hparams>`` with the tiny model, ``corpus`` and ``output``."""
+    """The recipe on ``hparams/<hparams>`` with the tiny model, ``corpus`` and ``output``.
+
+    The model is the original's VGG front-end (``--embedding=dmha``) unless
+    ``extra`` names another ``--embedding``.
+    """
     args = [
         sys.executable,
         str(REPO / "recipes" / "train.py"),
@@ -47,6 +51,8 @@ def recipe_command(hparams, corpus, output, *extra):
         f"--data_folder={corpus}",
         f"--output_folder={output}",
     ]
+    if not any(arg.startswith("--embedding") for arg in extra):
+        args.append("--embedding=dmha")
     return args + TINY + list(extra)
 
 

@@ -97,7 +97,7 @@ def test_age_recipe_end_to_end(corpus, tmp_path):
         assert (output / name).is_file(), name
     assert logged_epochs(output) == [1, 2]
     assert_checkpoint_reloads(
-        output, channels=16, heads=4, emb_dim=32, front_end="VGG4L"
+        output, channels=16, heads=4, emb_dim=32, front_end="VGG4L", batch_norm=True
     )
     assert_encoder_classifier_loads_offline(output / "model", tmp_path, SPEAKER_AGE_GROUPS)
     assert_calibrated_on_validation_speakers(output, corpus)
@@ -177,7 +177,7 @@ def test_speaker_recipe_end_to_end_and_export(corpus, tmp_path):
     ):
         assert (output / name).is_file(), name
     assert_checkpoint_reloads(
-        output, channels=16, heads=4, emb_dim=32, front_end="VGG4L"
+        output, channels=16, heads=4, emb_dim=32, front_end="VGG4L", batch_norm=True
     )
 
     # dmha export rebuilds the model from the experiment folder, even moved.
@@ -216,9 +216,13 @@ def test_speaker_recipe_end_to_end_and_export(corpus, tmp_path):
     assert f"'{label}'" in speakers
 
 
-def test_ecapa_runs_through_the_same_recipe(corpus, tmp_path):
-    output = tmp_path / "ecapa"
-    ecapa = ["--embedding=ecapa", "--ecapa_channels=[32, 32, 32, 32, 96]"]
+@pytest.mark.parametrize("embedding, pooling_key", [
+    ("ecapa", "asp.tdnn."),  # attentive statistics pooling
+    ("ecapa_dmha", "asp.pooling.head_attention"),  # the YAMLs' default: Double MHA pooling
+])
+def test_ecapa_frame_layers_run_through_the_same_recipe(corpus, tmp_path, embedding, pooling_key):
+    output = tmp_path / embedding
+    ecapa = [f"--embedding={embedding}", "--ecapa_channels=[32, 32, 32, 32, 96]"]
     run_recipe(
         recipe_command("speaker.yaml", corpus, output, "--number_of_epochs=1", *ecapa)
     )
@@ -226,6 +230,9 @@ def test_ecapa_runs_through_the_same_recipe(corpus, tmp_path):
     assert 0 <= metrics["eer"] <= 1
     state = torch.load(output / "model" / "embedding_model.ckpt", weights_only=True)
     assert any(key.startswith("blocks.") for key in state)  # ECAPA's layer names
+    assert any(key.startswith(pooling_key) for key in state), sorted(state)
+    speakers = [f"SPK{s:02d}" for s in range(len(SPEAKER_AGES))]
+    assert_encoder_classifier_loads_offline(output / "model", tmp_path, speakers)
 
 
 def test_killed_run_resumes_where_it_stopped(corpus, tmp_path):
