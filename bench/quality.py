@@ -184,9 +184,10 @@ def plot_curves(folders, path):
         axes[1, column].set_title(f"{task}: validation {key.replace('_', '-')}")
     for ax in axes.flat:
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         ax.legend()
-    figure.suptitle("One line per split seed; equal wall-clock, so the models' epochs differ")
+    figure.suptitle("One line per split seed (training minutes: see the table)")
     figure.tight_layout()
     save_png(figure, path)
 
