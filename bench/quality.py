@@ -237,6 +237,30 @@ def thread_check(args, folders):
             f"threads, {mine:.2f} on {args.thread_check} thread(s).")
 
 
+def model_rows(args, folders, root, trials):
+    """The summary row of each model (mean and spread) and its rows per split."""
+    rows, per_split = [], []
+    for slug, name, _, epochs, _ in MODELS:
+        if (slug, "speaker", args.seeds[0]) not in folders:
+            rows.append(f"| {name} | skipped: no GPU |" + " |" * (len(COLUMNS) + 2))
+            continue
+        figures = {(task, seed): run_figures(folders[slug, task, seed], task, root, trials)
+                   for task in TASKS for seed in args.seeds}
+        cells = [mean_and_spread([figures[task, seed][key] for seed in args.seeds], fmt, scale)
+                 for _, task, key, fmt, scale in COLUMNS]
+        minutes = " + ".join(
+            "{:.1f}".format(np.mean([figures[task, seed]["minutes"] for seed in args.seeds]))
+            for task in TASKS)
+        size = parameters(folders[slug, "speaker", args.seeds[0]]) / 1e6
+        rows.append(f"| {name} | {' | '.join(cells)} | {epochs}, {minutes} | {size:.2f} M |")
+        for seed in args.seeds:
+            values = [fmt.format(scale * figures[task, seed][key])
+                      for _, task, key, fmt, scale in COLUMNS]
+            per_split.append(f"| {slug} | {seed} | {' | '.join(values)} |")
+        print(rows[-1], flush=True)
+    return rows, per_split
+
+
 def main():
     data = os.environ.get("DMHA_DATA", os.path.join(REPO, "..", "shared", "data"))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -255,25 +279,7 @@ def main():
     threads = max(1, torch.get_num_threads() // args.jobs)
     folders = train_all(args, threads)
 
-    rows, per_split = [], []
-    for slug, name, _, epochs, needs_gpu in MODELS:
-        if (slug, "speaker", args.seeds[0]) not in folders:
-            rows.append(f"| {name} | skipped: no GPU |" + " |" * (len(COLUMNS) + 2))
-            continue
-        figures = {(task, seed): run_figures(folders[slug, task, seed], task, root, trials)
-                   for task in TASKS for seed in args.seeds}
-        cells = [mean_and_spread([figures[task, seed][key] for seed in args.seeds], fmt, scale)
-                 for _, task, key, fmt, scale in COLUMNS]
-        minutes = " + ".join(
-            "{:.1f}".format(np.mean([figures[task, seed]["minutes"] for seed in args.seeds]))
-            for task in TASKS)
-        size = parameters(folders[slug, "speaker", args.seeds[0]]) / 1e6
-        rows.append(f"| {name} | {' | '.join(cells)} | {epochs}, {minutes} | {size:.2f} M |")
-        for seed in args.seeds:
-            values = [fmt.format(scale * figures[task, seed][key])
-                      for _, task, key, fmt, scale in COLUMNS]
-            per_split.append(f"| {slug} | {seed} | {' | '.join(values)} |")
-        print(rows[-1], flush=True)
+    rows, per_split = model_rows(args, folders, root, trials)
 
     first = folders["dmha", "age", args.seeds[0]]
     majority, floor, mean_age, mae = age_floors(first, os.path.join(args.data, "speechocean762"))

@@ -7,7 +7,7 @@ on test: for speakers the best validation EER, for age the validation macro-F1
 and MAE of the selected checkpoint's epoch. Also shown: the test figures of that
 checkpoint, the last epoch's training loss and the wall-clock.
 
-    python bench/tune.py --task speaker [--epochs 8] [--jobs 2] [--only base nobn ...]
+    python bench/tune.py --task speaker [--epochs 8] [--jobs 2] [--only base lr1e-3 ...]
     python bench/tune.py --task age [--epochs 8] [--jobs 2]
 
 ``--jobs N`` trains N variants at once, each on cores / N threads (on a

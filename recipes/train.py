@@ -249,7 +249,7 @@ class DMHABrain(DDPBrain):
         stats = {"loss": stage_loss, **{k: v for k, v in metrics.items() if k != "confusion"}}
         key = self.hparams.selection_metric
         if stage == sb.Stage.VALID:
-            # The scheduler and the stopper minimise: negate metrics to maximise.
+            # The early stopper minimises: negate metrics to maximise.
             sign = -1 if self.hparams.selection_direction == "max" else 1
             self.hparams.epoch_counter.update_metric(sign * metrics[key])
             self.hparams.train_logger.log_stats(
