@@ -297,11 +297,16 @@ def experiment_card(hparams, label_encoder, metrics):
     >>> print(experiment_card(hparams, encoder, metrics)["data"])
     Trained by `recipes/train.py` (source `voxceleb`) on `vox` (manifests in `out/manifests`), 2 training speakers. Test metrics: the 3 trials of the trial list `vox/veri_test2.txt` (utterances of `out/manifests/test.csv`).
     """
+    # The settings of the embedding model the experiment built, not of the others.
+    model_keys = {
+        "dmha": ("front_end", "channels", "batch_norm", "pooling", "heads", "mask_prob"),
+        "ecapa_dmha": ("ecapa_channels", "heads", "mask_prob"),
+        "ecapa": ("ecapa_channels",),
+    }.get(hparams.get("embedding", "dmha"), ())
     configuration = {
         key: hparams[key]
-        for key in ("embedding", "front_end", "channels", "pooling", "heads", "mask_prob",
-                    "emb_dim", "n_mels", "crop_seconds", "group_loss", "number_of_epochs",
-                    "lr", "seed")
+        for key in ("embedding", *model_keys, "emb_dim", "n_mels", "crop_seconds",
+                    "group_loss", "number_of_epochs", "lr", "seed")
         if key in hparams
     }
     noun = "age groups" if hparams["task"] == "age" else "training speakers"

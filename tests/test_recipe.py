@@ -233,6 +233,10 @@ def test_ecapa_frame_layers_run_through_the_same_recipe(corpus, tmp_path, embedd
     assert any(key.startswith(pooling_key) for key in state), sorted(state)
     speakers = [f"SPK{s:02d}" for s in range(len(SPEAKER_AGES))]
     assert_encoder_classifier_loads_offline(output / "model", tmp_path, speakers)
+    # The card lists the sizes of the model it describes, not the VGG front-end's.
+    card = (output / "model" / "model_card.md").read_text()
+    assert f"embedding: {embedding}" in card and "ecapa_channels:" in card
+    assert "front_end:" not in card
 
 
 def test_killed_run_resumes_where_it_stopped(corpus, tmp_path):
