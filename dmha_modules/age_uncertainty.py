@@ -132,6 +132,30 @@ def interval_coverage(predicted, true, half_width):
     return float(np.mean(errors <= half_width))
 
 
+
+def interval_coverages(decoding, predicted, true, speakers):
+    """Test coverage of the calibrated intervals that ``decoding`` holds.
+
+    Per speaker (``interval_coverage_speakers``, with ``test_speakers``) on
+    the speakers' mean predictions, per utterance (``interval_coverage_utterances``).
+
+    Example
+    -------
+    >>> interval_coverages({"interval_half_width_years": 1.0}, [10, 12, 30], [11, 11, 35],
+    ...                    ["a", "a", "b"])
+    {'interval_coverage_speakers': 0.5, 'test_speakers': 2}
+    """
+    metrics = {}
+    if decoding.get("interval_half_width_years") is not None:
+        means = speaker_means(predicted, true, speakers).values()
+        metrics["interval_coverage_speakers"] = interval_coverage(
+            [p for p, _ in means], [t for _, t in means], decoding["interval_half_width_years"])
+        metrics["test_speakers"] = len(means)
+    if decoding.get("utterance_interval_half_width_years") is not None:
+        metrics["interval_coverage_utterances"] = interval_coverage(
+            predicted, true, decoding["utterance_interval_half_width_years"])
+    return metrics
+
 def fit_temperature(scores, labels, ordinal=False, scale=1.0, bounds=(0.05, 20.0)):
     """The temperature ``T`` minimising the NLL of ``group_posteriors(scores / T)``.
 

@@ -256,7 +256,7 @@ class WarmupCosineLR:
     warmup_steps`` to ``lr``; it then falls along half a cosine to
     ``final_ratio * lr`` at the end of ``epochs`` epochs, and stays there.
     The run's length must be known, so the recipe sets ``steps_per_epoch``
-    from its training loader before the first step (:class:`DMHABrain`'s
+    from its training loader before the first step (:class:`dmha_modules.brains.DMHABrain`'s
     ``make_dataloader``). Saved with the checkpoints, so a resumed run goes
     on where it stopped.
 

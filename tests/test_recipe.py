@@ -261,10 +261,11 @@ DDP_WRAPPER = '''
 import os, sys
 sys.path.insert(0, {recipes!r})
 import train
+from dmha_modules.brains import DMHABrain
 from dmha_modules.checkpoints import AtomicCheckpointer
 
 rank, out = os.environ["RANK"], {out!r}
-fit_batch, save_checkpoint = train.DMHABrain.fit_batch, AtomicCheckpointer.save_checkpoint
+fit_batch, save_checkpoint = DMHABrain.fit_batch, AtomicCheckpointer.save_checkpoint
 
 def recording_fit_batch(self, batch):
     with open(os.path.join(out, f"trained_ids.rank{{rank}}"), "a") as f:
@@ -278,7 +279,7 @@ def recording_save_checkpoint(self, *args, **kwargs):
             f.write(str(checkpoint.path) + "\\n")
     return checkpoint
 
-train.DMHABrain.fit_batch = recording_fit_batch
+DMHABrain.fit_batch = recording_fit_batch
 AtomicCheckpointer.save_checkpoint = recording_save_checkpoint
 sys.argv = ["train.py"] + sys.argv[1:]
 train.main()
