@@ -157,14 +157,19 @@ def mean_and_spread(values, fmt, scale):
             f"({number.format(values.min())}–{number.format(values.max())})")
 
 
+def logged(folder, name):
+    """One figure per epoch from a run's ``train_log.txt``: ``name`` is e.g.
+    ``"train loss"`` or ``"valid eer"``."""
+    with open(os.path.join(folder, "train_log.txt")) as f:
+        lines = [line for line in f if line.startswith("epoch:")]
+    return [float(re.search(rf"{name}: ([0-9.e+-]+)", line).group(1)) for line in lines]
+
+
 def epoch_curves(folder):
     """Training loss and the selection metric per epoch, from a run's ``train_log.txt``."""
     with open(os.path.join(folder, "train_log.txt")) as f:
-        lines = [line for line in f if line.startswith("epoch:")]
-    key = "eer" if "valid eer:" in lines[0] else "macro_f1"
-    loss = [float(re.search(r"train loss: ([0-9.e+-]+)", line).group(1)) for line in lines]
-    metric = [float(re.search(rf"valid {key}: ([0-9.e+-]+)", line).group(1)) for line in lines]
-    return key, loss, metric
+        key = "eer" if "valid eer:" in f.read() else "macro_f1"
+    return key, logged(folder, "train loss"), logged(folder, f"valid {key}")
 
 
 def plot_curves(folders, path):

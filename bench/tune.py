@@ -19,7 +19,6 @@ minutes are then per run, side by side). Finished runs are reused, as in
 import argparse
 import datetime
 import os
-import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -30,6 +29,7 @@ from quality import (  # noqa: E402
     REPO,
     cross_corpus_eer,
     librispeech_trials,
+    logged,
     publish_table,
     read_json,
     train,
@@ -69,17 +69,11 @@ def log_summary(folder, task):
     The selected epoch is the one the recipe tests: the best by the YAML's
     selection metric (EER for speakers, macro-F1 for age).
     """
-    with open(os.path.join(folder, "train_log.txt")) as f:
-        epochs = [line for line in f if line.startswith("epoch:")]
-
-    def values(key):
-        return [float(re.search(rf"valid {key}: ([0-9.e+-]+)", line).group(1)) for line in epochs]
-
     (key, _, _, best), *_ = VALIDATION[task]
-    series = values(key)
+    series = logged(folder, f"valid {key}")
     chosen = series.index(best(series))
-    figures = [values(name)[chosen] for name, _, _, _ in VALIDATION[task]]
-    loss = float(re.search(r"train loss: ([0-9.e+-]+)", epochs[-1]).group(1))
+    figures = [logged(folder, f"valid {name}")[chosen] for name, _, _, _ in VALIDATION[task]]
+    loss = logged(folder, "train loss")[-1]
     return figures, chosen + 1, loss
 
 
