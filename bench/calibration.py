@@ -40,12 +40,11 @@ from dmha_modules import cli
 from dmha_modules.atomic import write_atomic
 from dmha_modules.audio import audio_info
 from dmha_modules.calibration import (
-    cllr,
     fit_calibration,
     load_calibration,
-    min_cllr,
     save_calibration,
 )
+from dmha_modules.cllr import cllr, min_cllr
 from dmha_modules.inference import DMHAClassifier
 from dmha_modules.metrics import (
     cosine_scores,

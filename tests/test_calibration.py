@@ -19,15 +19,13 @@ from dmha_modules.calibration import (
     CALIBRATION_FILE,
     Calibration,
     bayes_threshold,
-    cllr,
     far_threshold,
     fit_calibration,
     load_calibration,
-    min_cllr,
-    pav_llrs,
     quality_features,
     save_calibration,
 )
+from dmha_modules.cllr import cllr, min_cllr, pav_llrs
 
 
 def softplus(x):

@@ -18,11 +18,10 @@ import numpy as np
 from dmha_modules.calibration import (
     CALIBRATION_FILE,
     QUALITY_TERMS,
-    cllr,
     fit_calibration,
-    min_cllr,
     save_calibration,
 )
+from dmha_modules.cllr import cllr, min_cllr
 from dmha_modules.cli.errors import InputError, batch_status
 from dmha_modules.cli.inputs import check_writable, load_model, trial_seconds
 from dmha_modules.cli.options import add_command, batching_options, model_options, option

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from dmha_modules.atomic import write_atomic
-from dmha_modules.calibration import cllr, min_cllr
+from dmha_modules.cllr import cllr, min_cllr
 from dmha_modules.cli.errors import InputError, batch_status, require_output
 from dmha_modules.cli.inputs import (
     NOT_CALIBRATED,
