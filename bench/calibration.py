@@ -5,7 +5,9 @@ A speaker model trained by ``recipes/train.py`` (its ``model/`` folder and
 measured on other held-out speakers of speechocean762 and, cross-corpus, on
 every pair of ``librispeech-test-other-10spk``; and, for comparison, on
 LibriSpeech calibrated in-domain (5 of its speakers calibrate, the other 5
-are measured). The 26 held-out speakers
+are measured). Each calibration is fitted twice: on plain cosines and on
+cosines of embeddings centred on the mean of each trial set's own files (``dmha
+calibrate``'s default, ``--centring mean``). The 26 held-out speakers
 (the recipe's valid and test speakers, never trained on) are split into 13
 development and 13 test speakers several ways: split 0 is the recipe's own
 (development = valid), the others a seeded shuffle. Per split, with and
@@ -58,9 +60,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POINTS = [("target FAR 1%", {"target_far": 0.01}), ("target FAR 5%", {"target_far": 0.05}),
           ("Bayes p_target 0.01", {"p_target": 0.01}), ("Bayes p_target 0.05", {"p_target": 0.05})]
 # (name, quality measures, effective prior of the fit: a number, or "p_target" for the
-# Bayes operating point's own prior, BOSARIS's advice for one known application prior).
-CALIBRATIONS = [("cosine", [], 0.5), ("cosine + duration", ["duration"], 0.5),
-                ("cosine, fitted at prior = p_target", [], "p_target")]
+# Bayes operating point's own prior, BOSARIS's advice for one known application prior;
+# centred: cosines of embeddings centred on the mean of each trial set's own files, as
+# dmha calibrate's default --centring mean and dmha score do).
+CALIBRATIONS = [("cosine", [], 0.5, False), ("cosine + duration", ["duration"], 0.5, False),
+                ("cosine, fitted at prior = p_target", [], "p_target", False),
+                ("centred cosine", [], 0.5, True),
+                ("centred cosine + duration", ["duration"], 0.5, True)]
 
 
 def held_out_utterances(experiment):
@@ -97,13 +103,37 @@ def embed(model, paths):
     return torch.stack([embeddings[i] for i in range(len(paths))]), np.array(seconds)
 
 
-def trials_of(embeddings, seconds, speakers, chosen):
-    """Every pair of the ``chosen`` utterances: cosine scores, labels, ``(N, 2)`` durations."""
+def trials_of(embeddings, seconds, speakers, chosen, centred=False):
+    """Every pair of the ``chosen`` utterances: cosine scores (of the embeddings centred on
+    the chosen ones' mean if ``centred``), labels, ``(N, 2)`` durations, the pairs."""
     index = np.flatnonzero(chosen)
     pairs = np.array([(index[i], index[j], same) for i, j, same in
                       trial_pairs(speakers[index].tolist())])
+    if centred:
+        embeddings = embeddings - embeddings[torch.from_numpy(index)].mean(dim=0)
     scores = cosine_scores(embeddings, torch.from_numpy(pairs[:, :2])).numpy().astype(np.float64)
     return scores, pairs[:, 2].astype(int), seconds[pairs[:, :2]], pairs
+
+
+def split_trials(split, data, centred):
+    """One split's trial sets: speechocean762 development, test and all of LibriSpeech
+    (calibrated on the development trials), and LibriSpeech's development and test halves.
+
+    Split 0's development speakers are the recipe's valid speakers, the others a seeded half
+    of the held-out speakers; every set's cosines are centred on its own files if ``centred``.
+    """
+    embeddings, seconds, speakers, valid, libri_embeddings, libri_seconds, libri_speakers = data
+    rng = np.random.default_rng(split)
+    held_out, libri_held = sorted(set(speakers)), sorted(set(libri_speakers))
+    dev_speakers = valid if split == 0 else sorted(rng.permutation(held_out)[:len(held_out) // 2])
+    is_dev = np.isin(speakers, dev_speakers)
+    is_libri_dev = np.isin(libri_speakers, rng.permutation(libri_held)[:len(libri_held) // 2])
+    libri = (libri_embeddings, libri_seconds, libri_speakers)
+    sets = {"dev": trials_of(embeddings, seconds, speakers, is_dev, centred),
+            "test": trials_of(embeddings, seconds, speakers, ~is_dev, centred),
+            "librispeech": trials_of(*libri, np.ones(len(libri_speakers), bool), centred)}
+    return (sets, trials_of(*libri, is_libri_dev, centred),
+            {"librispeech_test": trials_of(*libri, ~is_libri_dev, centred)})
 
 
 def measure(scores, labels, llrs, calibration, point):
@@ -170,7 +200,9 @@ def tables(results, n_splits):
               "| trials | calibration | EER | minDCF(0.01) | Cllr of cosine | Cllr calibrated | "
               "minCllr |", "|---|---|---:|---:|---:|---:|---:|"]
     for name in ("dev", "test", "librispeech", "librispeech_test"):
-        for quality, *_ in CALIBRATIONS[:2]:
+        for quality, _, prior, _ in CALIBRATIONS:
+            if prior != 0.5:
+                continue
             rows = [r[name] for r in results if r["quality"] == quality
                     and r["point"] == POINTS[2][0] and name in r]
             lines.append(f"| {name} | {quality} | " + " | ".join(
@@ -224,29 +256,19 @@ def main():
     libri_paths, libri_speakers = librispeech_utterances(args.data)
     embeddings, seconds = embed(model, paths)
     libri_embeddings, libri_seconds = embed(model, libri_paths)
-    librispeech = trials_of(libri_embeddings, libri_seconds, libri_speakers,
-                            np.ones(len(libri_paths), bool))
-    held_out, libri_held = sorted(set(speakers)), sorted(set(libri_speakers))
-    results, split_sets = [], []
+    data = (embeddings, seconds, speakers, valid, libri_embeddings, libri_seconds,
+            libri_speakers)
+    results, split_zero = [], None
     for split in range(args.splits):
-        rng = np.random.default_rng(split)
-        dev_speakers = valid if split == 0 else sorted(
-            rng.permutation(held_out)[:len(held_out) // 2])
-        is_dev = np.isin(speakers, dev_speakers)
-        is_libri_dev = np.isin(libri_speakers, rng.permutation(libri_held)[:len(libri_held) // 2])
-        sets = {"dev": trials_of(embeddings, seconds, speakers, is_dev),
-                "test": trials_of(embeddings, seconds, speakers, ~is_dev),
-                "librispeech": librispeech}
-        libri_sets = {"librispeech_test": trials_of(libri_embeddings, libri_seconds,
-                                                    libri_speakers, ~is_libri_dev)}
-        libri_dev = trials_of(libri_embeddings, libri_seconds, libri_speakers, is_libri_dev)
-        split_sets.append(sets)
-        for (quality, terms, prior), (point_name, point) in (
+        trial_sets = {centred: split_trials(split, data, centred) for centred in (False, True)}
+        split_zero = split_zero or trial_sets[True][0]
+        for (quality, terms, prior, centred), (point_name, point) in (
                 (c, p) for c in CALIBRATIONS for p in POINTS):
             if prior == "p_target":
                 if "p_target" not in point:
                     continue
                 prior = point["p_target"]
+            sets, libri_dev, libri_sets = trial_sets[centred]
             with tempfile.TemporaryDirectory() as folder:
                 figures = run_split(sets["dev"], sets, terms, prior, point, folder)
                 in_domain = run_split(libri_dev, libri_sets, terms, prior, point, folder)
@@ -254,10 +276,10 @@ def main():
                             **figures, "librispeech_test": in_domain["librispeech_test"],
                             "librispeech_threshold": in_domain["threshold"]})
     report = tables(results, args.splits)
-    far, printed = command_line_check(os.path.join(args.experiment, "model"), split_sets[0],
+    far, printed = command_line_check(os.path.join(args.experiment, "model"), split_zero,
                                       paths, args.out)
     library = next(r["test"]["far"] for r in results if r["split"] == 0
-                   and r["quality"] == "cosine" and r["point"] == "target FAR 1%")
+                   and r["quality"] == "centred cosine" and r["point"] == "target FAR 1%")
     report += (f"\nCommand line, split 0, target FAR 1%: test FAR {far:.4f} from the "
                f"scores file (library: {library:.4f})\n\n```\n{printed}```\n")
     print(report)

@@ -1,6 +1,8 @@
 """``dmha calibrate``: a labelled development trial list -> the model folder's ``calibration.json``.
 
-The model's cosine scores of the trials are mapped to log-likelihood ratios
+The model's cosine scores of the trials (by default of embeddings centred on
+the mean embedding of the list's files, see
+:func:`dmha_modules.calibration.scoring_centre`) are mapped to log-likelihood ratios
 by linear logistic regression (:func:`dmha_modules.calibration.fit_calibration`,
 optionally with the trials' durations as quality measures), and the decision
 threshold is set for the operating point named: a target false-accept rate
@@ -29,6 +31,7 @@ from dmha_modules.cli.score import embed_trials, print_metrics, read_trial_paths
 from dmha_modules.metrics import cosine_scores, rates_at_threshold, verification_metrics
 
 PLOT_FILE = "calibration_det.png"
+CENTRINGS = ("mean", "none")
 
 
 def register(commands):
@@ -54,6 +57,10 @@ def register(commands):
     option(parser, "quality", choices=sorted(QUALITY_TERMS),
            help="quality measure added to the map: duration (log of the shorter and of the "
            "longer side's seconds)")
+    option(parser, "centring", choices=CENTRINGS, default="mean",
+           help="mean: score embeddings centred on the mean of the list's files (each list "
+           "dmha score reads is centred on its own, so the threshold holds across corpora); "
+           "none: plain cosines, as calibrations before centring")
     option(parser, "prior", type=float, default=0.5,
            help="effective target prior of the logistic-regression objective")
     option(parser, "plot", help=f"PNG of the DET curve with the operating point (default: "
@@ -77,10 +84,12 @@ def _labelled_trials(args):
     return trials
 
 
-def _calibrated(scores, labels, seconds, args):
-    """The fitted calibration with its threshold and development figures."""
+def _calibrated(scores, labels, seconds, centre, args):
+    """The fitted calibration (of cosines around ``centre``, or plain when None) with its
+    threshold and development figures."""
     quality = [args.quality] if args.quality else []
     calibration = fit_calibration(scores, labels, quality, seconds, prior=args.prior)
+    calibration.centre = None if centre is None else centre.tolist()
     llrs = calibration.llrs(scores, seconds)
     try:
         calibration = calibration.with_operating_point(
@@ -112,9 +121,11 @@ def run(args):
     if len(set(labels.tolist())) < 2:
         raise InputError(f"{args.trials}: too few trials left of files that could be read: "
                          f"{int(labels.sum())} target, {int((labels == 0).sum())} non-target")
-    scores = cosine_scores(embeddings, pairs).numpy().astype(np.float64)
+    centre = embeddings.nanmean(dim=0) if args.centring == "mean" else None  # NaN: failed files
+    scores = cosine_scores(embeddings if centre is None else embeddings - centre, pairs)
+    scores = scores.numpy().astype(np.float64)
     seconds = trial_seconds(kept) if args.quality else None
-    calibration, llrs = _calibrated(scores, labels, seconds, args)
+    calibration, llrs = _calibrated(scores, labels, seconds, centre, args)
     save_calibration(calibration, args.model)
     from dmha_modules.plots import plot_verification_scores  # matplotlib: slow to import
 

@@ -4,8 +4,10 @@ Trial lists are read by :func:`dmha_modules.trials.read_trials` (VoxCeleb,
 Kaldi or unlabelled lines). With ``--cohort`` the scores are adaptive
 s-norm'd. Trials of files that fail are reported and left out. A model
 folder with ``calibration.json`` (``dmha calibrate``) gives LLRs and a
-decision per trial at its stored threshold; one without gives cosine scores,
-as before calibration existed, and says so.
+decision per trial at its stored threshold (a calibration of centred cosines
+centres the list's embeddings on their own mean, see
+:func:`dmha_modules.calibration.scoring_centre`); one without gives cosine
+scores, as before calibration existed, and says so.
 """
 
 import os
@@ -15,6 +17,7 @@ import numpy as np
 import torch
 
 from dmha_modules.atomic import write_atomic
+from dmha_modules.calibration import scoring_centre
 from dmha_modules.cllr import cllr, min_cllr
 from dmha_modules.cli.errors import InputError, batch_status, require_output
 from dmha_modules.cli.inputs import (
@@ -157,6 +160,18 @@ def _calibration(args):
     return calibration
 
 
+def _centred(embeddings, calibration, args):
+    """The embeddings as the calibration scores them: centred when it was fitted so."""
+    if calibration is None or calibration.centre is None:
+        return embeddings
+    try:
+        centre, source = scoring_centre(calibration, embeddings)
+    except ValueError as error:
+        raise InputError(f"{os.path.join(args.model, 'calibration.json')}: {error}") from None
+    print(f"cosines of embeddings centred on {source}")
+    return embeddings - centre
+
+
 def run(args):
     """Scores the trials whose files embed; writes the scores, prints the metrics."""
     for out in filter(None, (args.out, args.plot)):
@@ -168,7 +183,8 @@ def run(args):
         cohort = _cohort(model, args) if args.cohort else None
     require_output(len(kept), args.out)
     if cohort is None:
-        scores = cosine_scores(embeddings, pairs).numpy().astype(np.float64)
+        scores = cosine_scores(_centred(embeddings, calibration, args), pairs)
+        scores = scores.numpy().astype(np.float64)
     else:
         scores = adaptive_snorm(embeddings, pairs, cohort, args.top_n).numpy().astype(np.float64)
     if calibration is not None:

@@ -2,13 +2,17 @@
 
 With the model folder's ``calibration.json`` (``dmha calibrate``) the score
 is an LLR, decided at the stored threshold of the operating point chosen
-there. Without it (folders written before calibration existed, age models,
+there (of embeddings centred on the development list's mean, when it was
+calibrated so: two files are too few to centre on). Without it (folders written before calibration existed, age models,
 imported ones) it is the cosine, decided at ``--threshold`` or the model's
 own (its EER threshold on its test speakers), and the output says so.
 """
 
+import os
+
 import torch
 
+from dmha_modules.calibration import scoring_centre
 from dmha_modules.cli.errors import InputError
 from dmha_modules.cli.inputs import NOT_CALIBRATED, load_model, read_calibration, trial_seconds
 from dmha_modules.cli.options import add_command, model_options, option
@@ -49,6 +53,12 @@ def run(args):
         if calibration is None:
             threshold = _uncalibrated_threshold(model, args)
         enrol, test = model.embed_file(args.enrol), model.embed_file(args.test)
+    if calibration is not None and calibration.centre is not None:
+        try:
+            centre, _ = scoring_centre(calibration, torch.stack([enrol, test]))
+        except ValueError as error:
+            raise InputError(f"{os.path.join(args.model, 'calibration.json')}: {error}") from None
+        enrol, test = enrol - centre, test - centre
     score = float(torch.nn.functional.cosine_similarity(enrol, test, dim=0))
     if calibration is None:
         print(f"score {score:.4f} threshold {threshold:.4f}: {DECISIONS[score > threshold]}")
@@ -61,5 +71,7 @@ def run(args):
     threshold = calibration.threshold if args.threshold is None else args.threshold
     point = calibration.point_name() if args.threshold is None else "--threshold"
     print(f"llr {llr:.4f} threshold {threshold:.4f} ({point}): {DECISIONS[llr > threshold]}")
-    print(f"cosine {score:.4f}; calibration.json: {calibration.describe()}")
+    cosine = f"cosine {score:.4f}" if calibration.centre is None else \
+        f"centred cosine {score:.4f} (around the development list's mean)"
+    print(f"{cosine}; calibration.json: {calibration.describe()}")
     return 0

@@ -34,9 +34,25 @@ def trials(tmp_path):
     return path
 
 
-def reference_scores(reference, audio):
-    return np.array([cosine(reference("speaker", audio / e), reference("speaker", audio / t))
-                     for e, t in PAIRS])
+def reference_embeddings(reference, audio, centre_on=None):
+    """SpeechBrain's embedding of each file, less the mean of those of ``centre_on`` (file
+    names) when given."""
+    embeddings = {name: np.asarray(reference("speaker", audio / name), dtype=np.float64)
+                  for name in {name for pair in PAIRS for name in pair}}
+    if centre_on is not None:
+        mean = np.mean([embeddings[name] for name in centre_on], axis=0)
+        embeddings = {name: vector - mean for name, vector in embeddings.items()}
+    return embeddings
+
+
+def reference_scores(reference, audio, centre_on=None, pairs=PAIRS):
+    embeddings = reference_embeddings(reference, audio, centre_on)
+    return np.array([cosine(embeddings[e], embeddings[t]) for e, t in pairs])
+
+
+# The development list's files: the mean dmha calibrate centres on by default.
+DEV_FILES = sorted({name for pair in PAIRS for name in pair})
+CENTRINGS = {"mean": DEV_FILES, "none": None}
 
 
 def calibrate(capsys, model, trials, audio, *extra, status=0):
@@ -57,12 +73,20 @@ def reference_fit(features, prior=0.5):
                              "maxfev": 40000}).x
 
 
+@pytest.mark.parametrize("centring", sorted(CENTRINGS))
 def test_calibrate_stores_the_fitted_map_and_the_bayes_threshold(model, trials, audio,
-                                                                 reference, capsys):
-    stdout, _ = calibrate(capsys, model, trials, audio, "--p_target", "0.05")
-    scores = reference_scores(reference, audio)
+                                                                 reference, capsys, centring):
+    stdout, _ = calibrate(capsys, model, trials, audio, "--p_target", "0.05",
+                          "--centring", centring)
+    scores = reference_scores(reference, audio, CENTRINGS[centring])
     content = stored(model)
     assert content["format"] == "dmha-calibration/1" and content["score"] == "cosine"
+    if centring == "none":
+        assert content["centre"] is None and "*cosine" in stdout
+    else:
+        mean = np.mean(list(reference_embeddings(reference, audio).values()), axis=0)
+        np.testing.assert_allclose(content["centre"], mean, atol=1e-5)
+        assert "*centred_cosine" in stdout
     a, b = reference_fit(scores[:, None])
     assert content["weights"]["score"] == pytest.approx(a, abs=2e-3)
     assert content["offset"] == pytest.approx(b, abs=2e-3)
@@ -86,16 +110,19 @@ def test_calibrate_at_a_target_false_accept_rate(model, trials, audio, reference
     plot = tmp_path / "det.png"
     stdout, _ = calibrate(capsys, model, trials, audio, "--target_far", "0.25", "--plot", plot)
     content = stored(model)
-    llrs = content["weights"]["score"] * reference_scores(reference, audio) + content["offset"]
-    # 3 of the 12 development non-targets above the threshold.
-    assert (llrs[LABELS == 0] > content["threshold"]).sum() == 3
+    scores = reference_scores(reference, audio, DEV_FILES)
+    llrs = content["weights"]["score"] * scores + content["offset"]
+    # 3 of the 12 development non-targets above the threshold, which sits on the 4th
+    # (up to the float32 rounding of the embeddings).
+    assert (llrs[LABELS == 0] > content["threshold"] + 1e-5).sum() == 3
     assert content["development"]["false_accept_rate"] == 0.25
     assert "false accepts 25.00%" in stdout and "target FAR 25%" in stdout
     assert plot.exists() and not (model / "calibration_det.png").exists()
 
 
 def test_calibration_with_durations(model, trials, audio, reference, capsys):
-    calibrate(capsys, model, trials, audio, "--p_target", "0.1", "--quality", "duration")
+    calibrate(capsys, model, trials, audio, "--p_target", "0.1", "--quality", "duration",
+              "--centring", "none")
     content = stored(model)
     assert content["quality"] == ["duration"]
     seconds = {}
@@ -126,11 +153,15 @@ def test_calibration_with_durations(model, trials, audio, reference, capsys):
     assert float(re.search(r"^llr (-?\d+\.\d{4})", stdout)[1]) == pytest.approx(llr, abs=2e-4)
 
 
-def test_verify_with_a_calibrated_model_decides_the_llr(model, trials, audio, reference, capsys):
-    calibrate(capsys, model, trials, audio, "--p_target", "0.01")
+@pytest.mark.parametrize("centring", sorted(CENTRINGS))
+def test_verify_with_a_calibrated_model_decides_the_llr(model, trials, audio, reference, capsys,
+                                                        centring):
+    """Two files are too few to centre on: verify centres on the development list's mean."""
+    calibrate(capsys, model, trials, audio, "--p_target", "0.01", "--centring", centring)
     content = stored(model)
+    embeddings = reference_embeddings(reference, audio, CENTRINGS[centring])
     for enrol, test in PAIRS[:4]:
-        score = cosine(reference("speaker", audio / enrol), reference("speaker", audio / test))
+        score = cosine(embeddings[enrol], embeddings[test])
         llr = content["weights"]["score"] * score + content["offset"]
         status, stdout, _ = run_cli(capsys, "verify", "--model", model, audio / enrol,
                                     audio / test)
@@ -148,9 +179,10 @@ def test_verify_with_a_calibrated_model_decides_the_llr(model, trials, audio, re
     assert f"threshold {llr - 0.01:.4f} (--threshold): same speaker" in stdout
 
 
+@pytest.mark.parametrize("centring", sorted(CENTRINGS))
 def test_score_with_a_calibrated_model_writes_llrs_and_decisions(model, trials, audio, reference,
-                                                                 capsys, tmp_path):
-    calibrate(capsys, model, trials, audio, "--target_far", "0.25")
+                                                                 capsys, tmp_path, centring):
+    calibrate(capsys, model, trials, audio, "--target_far", "0.25", "--centring", centring)
     content = stored(model)
     out = tmp_path / "scores.txt"
     status, stdout, _ = run_cli(capsys, "score", "--model", model, "--trials", trials,
@@ -159,15 +191,73 @@ def test_score_with_a_calibrated_model_writes_llrs_and_decisions(model, trials, 
     assert status == 0
     rows = [line.split() for line in out.read_text(encoding="utf-8").splitlines()]
     assert [tuple(row[:2]) for row in rows] == PAIRS
-    llrs = content["weights"]["score"] * reference_scores(reference, audio) + content["offset"]
+    # 6 files, fewer than MIN_FILES_TO_CENTRE: the development mean, here the same files'.
+    scores = reference_scores(reference, audio, CENTRINGS[centring])
+    llrs = content["weights"]["score"] * scores + content["offset"]
     np.testing.assert_allclose([float(row[2]) for row in rows], llrs, atol=1e-4)
-    assert [row[3] for row in rows] == ["accept" if llr > content["threshold"] else "reject"
-                                        for llr in llrs]
+    # The threshold sits on a development LLR: decided as the reference where they are
+    # further apart than the float32 rounding of the embeddings.
+    clear = np.abs(llrs - content["threshold"]) > 1e-4
+    assert [row[3] for row, kept in zip(rows, clear) if kept] == [
+        "accept" if llr > content["threshold"] else "reject" for llr in llrs[clear]]
+    assert clear.sum() >= len(rows) - 1
     assert "LLRs of calibration.json" in stdout and "not calibrated" not in stdout
     match = re.search(r"Cllr (\d\.\d{4}) minCllr (\d\.\d{4})", stdout)
     assert float(match[1]) == pytest.approx(direct_cllr(llrs, LABELS), abs=6e-5)
     assert "(target FAR 25%): false accepts 25.00%" in stdout
     assert (tmp_path / "det.png").exists()
+    assert ("centred on the development list's mean" in stdout) == (centring == "mean")
+
+
+def test_score_centres_a_list_on_its_own_files(model, trials, audio, reference, capsys, tmp_path,
+                                               monkeypatch):
+    """A list of enough files is centred on its own mean, not the development list's."""
+    monkeypatch.setattr("dmha_modules.calibration.MIN_FILES_TO_CENTRE", 3)
+    calibrate(capsys, model, trials, audio, "--p_target", "0.3")
+    content = stored(model)
+    files = DEV_FILES[:3]
+    pairs = [(a, b) for a, b in PAIRS if a in files and b in files]
+    listing = tmp_path / "eval.txt"
+    listing.write_text("".join(f"{a} {b}\n" for a, b in pairs), encoding="utf-8")
+    out = tmp_path / "scores.txt"
+    status, stdout, _ = run_cli(capsys, "score", "--model", model, "--trials", listing,
+                                "--data_root", audio, "--out", out, "--no_progress")
+    assert status == 0 and "centred on the mean of these 3 files" in stdout
+    llrs = content["weights"]["score"] * reference_scores(reference, audio, files, pairs) \
+        + content["offset"]
+    rows = [line.split() for line in out.read_text(encoding="utf-8").splitlines()]
+    np.testing.assert_allclose([float(row[2]) for row in rows], llrs, atol=1e-4)
+    # The development mean would have given other scores: the test can tell them apart.
+    other = content["weights"]["score"] * reference_scores(reference, audio, DEV_FILES, pairs) \
+        + content["offset"]
+    assert np.abs(other - llrs).max() > 1e-2
+
+
+def test_a_calibration_written_before_centring_scores_plain_cosines(model, trials, audio,
+                                                                    reference, capsys, tmp_path):
+    calibrate(capsys, model, trials, audio, "--p_target", "0.3", "--centring", "none")
+    content = stored(model)
+    del content["centre"]
+    (model / "calibration.json").write_text(json.dumps(content), encoding="utf-8")
+    out = tmp_path / "scores.txt"
+    status, stdout, _ = run_cli(capsys, "score", "--model", model, "--trials", trials,
+                                "--data_root", audio, "--out", out, "--no_progress")
+    assert status == 0 and "centred" not in stdout
+    llrs = content["weights"]["score"] * reference_scores(reference, audio) + content["offset"]
+    rows = [line.split() for line in out.read_text(encoding="utf-8").splitlines()]
+    np.testing.assert_allclose([float(row[2]) for row in rows], llrs, atol=1e-4)
+
+
+def test_a_centre_of_another_model_is_named(model, trials, audio, capsys, tmp_path):
+    calibrate(capsys, model, trials, audio, "--p_target", "0.3")
+    content = stored(model)
+    content["centre"] = content["centre"][:-1]
+    (model / "calibration.json").write_text(json.dumps(content), encoding="utf-8")
+    status, _, stderr = run_cli(capsys, "verify", "--model", model, audio / PAIRS[0][0],
+                                audio / PAIRS[0][1])
+    assert status == 1
+    assert "calibration.json: the calibration's centre has" in stderr
+    assert "calibrated with another model" in stderr
 
 
 def test_score_with_a_cohort_leaves_the_calibration_out(model, trials, audio, capsys, tmp_path):
