@@ -460,7 +460,7 @@ class SpeakerBrain(DMHABrain):
         if trial_list is None:
             return trial_pairs(
                 collected["labels"].tolist(), max_pairs=self.hparams.max_trials,
-                seed=self.hparams.seed,
+                seed=getattr(self.hparams, "split_seed", self.hparams.seed),  # older YAMLs
             )
         index = {utterance: i for i, utterance in enumerate(collected["ids"])}
         return [(index[enrol], index[test], bool(label))

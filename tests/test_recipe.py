@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hyperpyyaml import load_hyperpyyaml
 
 from dmha_modules.feature_files import extract_features
 from dmha_modules.inference import AgeClassifier
@@ -58,6 +59,23 @@ def corpus(tmp_path_factory):
     ]:
         (train / name).write_text("\n".join(lines) + "\n")
     return root
+
+
+def held_out_speakers(corpus, output, **overrides):
+    """The test split's speakers as the age YAML's preparation draws them."""
+    with open(REPO / "hparams" / "age.yaml", encoding="utf-8") as file:
+        hparams = load_hyperpyyaml(file, {"data_folder": str(corpus), "output_folder": str(output),
+                                          "valid_ratio": 0.25, "test_ratio": 0.25, **overrides})
+    hparams["preparations"]["kaldi"]()
+    with open(Path(hparams["manifest_folder"]) / "test.csv", newline="") as file:
+        return {row["spk_id"] for row in csv.DictReader(file)}
+
+
+def test_split_seed_keeps_the_split_when_the_training_seed_changes(corpus, tmp_path):
+    split = held_out_speakers(corpus, tmp_path / "a", seed=1986)
+    assert len(split) == 4
+    assert held_out_speakers(corpus, tmp_path / "b", seed=7, split_seed=1986) == split
+    assert held_out_speakers(corpus, tmp_path / "c", seed=7) != split
 
 
 def assert_checkpoint_reloads(output, **model_args):
