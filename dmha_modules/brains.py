@@ -195,18 +195,18 @@ class DMHABrain(DDPBrain):
         stats = {"loss": stage_loss, **{k: v for k, v in metrics.items() if k != "confusion"}}
         key = self.hparams.selection_metric
         if stage == sb.Stage.VALID:
+            selected = epoch if key == "epoch" else metrics[key]  # "epoch": keep the last
             # The early stopper minimises: negate metrics to maximise.
             sign = -1 if self.hparams.selection_direction == "max" else 1
-            self.hparams.epoch_counter.update_metric(sign * metrics[key])
+            self.hparams.epoch_counter.update_metric(sign * selected)
             self.hparams.train_logger.log_stats(
                 stats_meta={"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]},
                 train_stats={"loss": self.train_loss},
                 valid_stats=stats,
             )
             keep = {"max_keys": [key]} if sign < 0 else {"min_keys": [key]}
-            self.checkpointer.save_and_keep_only(
-                meta={key: metrics[key]}, num_to_keep=self.hparams.keep_best, **keep
-            )
+            self.checkpointer.save_and_keep_only(meta={key: selected},
+                                                 num_to_keep=self.hparams.keep_best, **keep)
         elif stage == sb.Stage.TEST:
             self.hparams.train_logger.log_stats(
                 stats_meta={"Epoch loaded": self.hparams.epoch_counter.current},

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from hyperpyyaml import load_hyperpyyaml
 
 from dmha_modules.feature_files import extract_features
@@ -171,6 +173,34 @@ verification = SpeakerRecognition.from_hparams(source=folder, savedir=savedir + 
 score, decision = verification.verify_files(wav_a, wav_b)
 print(score.item(), bool(decision))
 """
+
+
+@pytest.mark.parametrize("selection", ["epoch", "macro_f1"])
+def test_age_recipe_tests_and_exports_the_selected_epoch(corpus, tmp_path, selection):
+    """By default the last epoch (the end of the cosine schedule); else the best one by
+    the validation metric named."""
+    output = tmp_path / "age"
+    run_recipe(recipe_command("age.yaml", corpus, output, "--number_of_epochs=3",
+                              f"--selection_metric={selection}"))
+    log = (output / "train_log.txt").read_text()
+    f1 = [float(value) for value in re.findall(r"valid macro_f1: ([-+.e0-9]+)", log)]
+    loaded = int(re.search(r"Epoch loaded: (\d+)", log)[1])
+    assert len(f1) == 3
+    if selection == "epoch":
+        assert loaded == 3
+    else:
+        assert f1[loaded - 1] == max(f1)
+    exported = torch.load(output / "model" / "embedding_model.ckpt", weights_only=True)
+    checkpoints = sorted((output / "save").glob("CKPT*/embedding_model.ckpt"))
+    matches = [ckpt for ckpt in checkpoints if all(
+        torch.equal(value, exported[name])
+        for name, value in torch.load(ckpt, weights_only=True).items())]
+    assert len(matches) == 1
+    meta = yaml.safe_load((matches[0].parent / "CKPT.yaml").read_text())
+    if selection == "epoch":
+        assert meta["epoch"] == 3
+    else:
+        assert meta["macro_f1"] == pytest.approx(max(f1), rel=1e-2)
 
 
 def test_speaker_recipe_end_to_end_and_export(corpus, tmp_path):
