@@ -33,6 +33,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -217,7 +218,12 @@ def write_trial_list(path, paths, pairs):
 
 
 def command_line_check(model_folder, sets, paths, out):
-    """``dmha calibrate`` (target FAR 1 %) and ``dmha score`` on split 0; their test FAR."""
+    """``dmha calibrate`` (target FAR 1 %) and ``dmha score`` on split 0; their test FAR.
+
+    They run on a copy of the model folder in ``out``: ``calibrate`` writes into the folder,
+    and the experiment's own must stay as trained (``bench/quality.py`` scores with it).
+    """
+    model_folder = shutil.copytree(model_folder, os.path.join(out, "model"), dirs_exist_ok=True)
     for name in ("dev", "test"):
         write_trial_list(os.path.join(out, f"split0_{name}.txt"), paths, sets[name][3])
     commands = [
