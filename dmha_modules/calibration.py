@@ -17,8 +17,8 @@ from the operating point alone.
   around. Subtracting the mean embedding of the files being scored removes
   what all of them share (language, channel, recording set-up), which raises
   every cosine of a corpus unlike the development one: impostor scores then
-  land where the development ones did, and the stored threshold keeps its
-  false-accept rate across corpora (README, "Calibrated scores").
+  land nearer the development ones, and the stored threshold keeps more of
+  its false-accept rate across corpora (README, "Calibrated scores").
 """
 
 import dataclasses

@@ -59,7 +59,8 @@ def register(commands):
            "longer side's seconds)")
     option(parser, "centring", choices=CENTRINGS, default="mean",
            help="mean: score embeddings centred on the mean of the list's files (each list "
-           "dmha score reads is centred on its own, so the threshold holds across corpora); "
+           "dmha score reads is centred on its own, so another corpus's impostor scores land "
+           "nearer the development ones); "
            "none: plain cosines, as calibrations before centring")
     option(parser, "prior", type=float, default=0.5,
            help="effective target prior of the logistic-regression objective")

@@ -3,9 +3,10 @@
 With the model folder's ``calibration.json`` (``dmha calibrate``) the score
 is an LLR, decided at the stored threshold of the operating point chosen
 there (of embeddings centred on the development list's mean, when it was
-calibrated so: two files are too few to centre on). Without it (folders written before calibration existed, age models,
-imported ones) it is the cosine, decided at ``--threshold`` or the model's
-own (its EER threshold on its test speakers), and the output says so.
+calibrated so: two files are too few to centre on). Without it (folders
+written before calibration existed, age models, imported ones) it is the
+cosine, decided at ``--threshold`` or the model's own (its EER threshold on
+its test speakers), and the output says so.
 """
 
 import os
