@@ -28,7 +28,7 @@ import tempfile
 import numpy as np
 
 from dmha_modules.audio import AUDIO_EXTENSIONS, audio_info
-from dmha_modules.calibration import load_calibration
+from dmha_modules.calibration import CALIBRATION_FILE, load_calibration, scoring_centre
 from dmha_modules.cli.errors import InputError, report_skipped
 from dmha_modules import inference
 from dmha_modules.inference import AudioError, DMHAClassifier
@@ -212,6 +212,15 @@ def read_calibration(folder):
         return load_calibration(folder)
     except ValueError as error:
         raise InputError(str(error)) from None
+
+
+def calibration_centre(calibration, embeddings, folder):
+    """``scoring_centre`` of a model folder's calibration; a centre of another size is an
+    ``InputError`` naming the folder's ``calibration.json``."""
+    try:
+        return scoring_centre(calibration, embeddings)
+    except ValueError as error:
+        raise InputError(f"{os.path.join(folder, CALIBRATION_FILE)}: {error}") from None
 
 
 def trial_seconds(trials):

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from dmha_modules.atomic import write_atomic
-from dmha_modules.calibration import scoring_centre
 from dmha_modules.cllr import cllr, min_cllr
 from dmha_modules.cli.errors import InputError, batch_status, require_output
 from dmha_modules.cli.inputs import (
     NOT_CALIBRATED,
+    calibration_centre,
     check_writable,
     embed_paths,
     load_model,
@@ -164,10 +164,7 @@ def _centred(embeddings, calibration, args):
     """The embeddings as the calibration scores them: centred when it was fitted so."""
     if calibration is None or calibration.centre is None:
         return embeddings
-    try:
-        centre, source = scoring_centre(calibration, embeddings)
-    except ValueError as error:
-        raise InputError(f"{os.path.join(args.model, 'calibration.json')}: {error}") from None
+    centre, source = calibration_centre(calibration, embeddings, args.model)
     print(f"cosines of embeddings centred on {source}")
     return embeddings - centre
 

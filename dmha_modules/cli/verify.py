@@ -9,13 +9,16 @@ cosine, decided at ``--threshold`` or the model's own (its EER threshold on
 its test speakers), and the output says so.
 """
 
-import os
-
 import torch
 
-from dmha_modules.calibration import scoring_centre
 from dmha_modules.cli.errors import InputError
-from dmha_modules.cli.inputs import NOT_CALIBRATED, load_model, read_calibration, trial_seconds
+from dmha_modules.cli.inputs import (
+    NOT_CALIBRATED,
+    calibration_centre,
+    load_model,
+    read_calibration,
+    trial_seconds,
+)
 from dmha_modules.cli.options import add_command, model_options, option
 
 DECISIONS = {True: "same speaker", False: "different speakers"}
@@ -55,10 +58,7 @@ def run(args):
             threshold = _uncalibrated_threshold(model, args)
         enrol, test = model.embed_file(args.enrol), model.embed_file(args.test)
     if calibration is not None and calibration.centre is not None:
-        try:
-            centre, _ = scoring_centre(calibration, torch.stack([enrol, test]))
-        except ValueError as error:
-            raise InputError(f"{os.path.join(args.model, 'calibration.json')}: {error}") from None
+        centre, _ = calibration_centre(calibration, torch.stack([enrol, test]), args.model)
         enrol, test = enrol - centre, test - centre
     score = float(torch.nn.functional.cosine_similarity(enrol, test, dim=0))
     if calibration is None:
