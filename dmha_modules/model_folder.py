@@ -300,7 +300,7 @@ def experiment_card(hparams, label_encoder, metrics):
     # The settings of the embedding model the experiment built, not of the others.
     model_keys = {
         "dmha": ("front_end", "channels", "batch_norm", "pooling", "heads", "mask_prob"),
-        "ecapa_dmha": ("ecapa_channels", "heads", "mask_prob"),
+        "ecapa_dmha": ("ecapa_channels", "heads", "mask_prob", "with_std"),
         "ecapa": ("ecapa_channels",),
     }.get(hparams.get("embedding", "dmha"), ())
     configuration = {

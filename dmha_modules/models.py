@@ -192,6 +192,9 @@ class ECAPADoubleMHA(ECAPA_TDNN):
         Attention heads; ``channels[-1]`` must be a multiple of it.
     mask_prob : float
         Head-drop probability in training.
+    with_std : bool
+        The pooling also keeps each head's attentive standard deviation
+        (output ``2 C / heads``; see :class:`~dmha_modules.pooling.DoubleMHAPooling`).
 
     Example
     -------
@@ -201,9 +204,9 @@ class ECAPADoubleMHA(ECAPA_TDNN):
     """
 
     def __init__(self, input_size=80, channels=(512, 512, 512, 512, 1536), lin_neurons=192,
-                 heads=4, mask_prob=0.0):
+                 heads=4, mask_prob=0.0, with_std=False):
         super().__init__(input_size, channels=list(channels), lin_neurons=lin_neurons)
-        pooling = DoubleMHAPooling(channels[-1], heads, mask_prob)
+        pooling = DoubleMHAPooling(channels[-1], heads, mask_prob, with_std)
         self.asp = ChannelsFirstPooling(pooling)
         self.asp_bn = BatchNorm1d(input_size=pooling.output_size)
         self.fc = Conv1d(in_channels=pooling.output_size, out_channels=lin_neurons, kernel_size=1)

@@ -99,6 +99,17 @@ class MHAPooling(torch.nn.Module):
         weights = masked_softmax(scores, lengths)
         return torch.einsum("bth,bthd->bhd", weights, x), weights
 
+    def head_stds(self, x, weights, contexts, variance_floor):
+        """Per-head attentive standard deviations ``(B, H, d)`` around ``contexts``.
+
+        ``weights`` ``(B, T, H)`` and ``contexts`` ``(B, H, d)`` are those of
+        :meth:`head_contexts`; variances below ``variance_floor`` are raised to it.
+        """
+        batch, time, _ = x.shape
+        deviations = x.reshape(batch, time, self.heads, self.head_size) - contexts.unsqueeze(1)
+        variances = torch.einsum("bth,bthd->bhd", weights, deviations.square())
+        return variances.clamp(min=variance_floor).sqrt()
+
     def forward(self, x, lengths=None, return_weights=False):
         """Pools ``x`` ``(B, T, D)`` into ``(B, D)``; weights ``(B, T, H)`` if asked."""
         contexts, weights = self.head_contexts(x, lengths)
@@ -110,7 +121,11 @@ class DoubleMHAPooling(torch.nn.Module):
     """Double multi-head attention: MHA pooling, then attention over its heads.
 
     The ``H`` head contexts ``c_j`` (size ``d = D / H``) are weighted by
-    ``b = softmax_j <c_j, u>`` and summed: output ``(B, d)``. In training each
+    ``b = softmax_j <c_j, u>`` and summed: output ``(B, d)``. With ``with_std``
+    (not in the paper) each head also pools its attentive standard deviation
+    ``s_j = sqrt(sum_t a_tj (h_tj - c_j)^2)``, weighted by the same ``b``, and
+    the output is ``[sum_j b_j c_j, sum_j b_j s_j]``, ``(B, 2 d)``: the second-
+    order statistics that x-vector and ECAPA-TDNN poolings keep. In training each
     head is dropped (score set to -inf) with probability ``mask_prob``, on any
     device. A row whose heads are all dropped keeps them all, so the output is
     never NaN. (The original drew ``randint(0, int(1 / p))`` and dropped zeros,
@@ -124,6 +139,8 @@ class DoubleMHAPooling(torch.nn.Module):
         Number of heads.
     mask_prob : float
         Probability of dropping each head in training.
+    with_std : bool
+        Also pool each head's attentive standard deviation (output ``2 D / H``).
 
     Example
     -------
@@ -131,17 +148,23 @@ class DoubleMHAPooling(torch.nn.Module):
     >>> pooled, (time_weights, head_weights) = pooling(torch.rand(2, 5, 8), return_weights=True)
     >>> pooled.shape, time_weights.shape, head_weights.shape
     (torch.Size([2, 2]), torch.Size([2, 5, 4]), torch.Size([2, 4]))
+    >>> DoubleMHAPooling(8, heads=4, with_std=True)(torch.rand(2, 5, 8)).shape
+    torch.Size([2, 4])
     """
 
-    def __init__(self, input_size, heads, mask_prob=0.3):
+    # Keeps sqrt's gradient finite on constant frames (padding-only heads, silence).
+    VARIANCE_FLOOR = 1e-5
+
+    def __init__(self, input_size, heads, mask_prob=0.3, with_std=False):
         super().__init__()
         self.mha = MHAPooling(input_size, heads)
         self.head_attention = learned_vector(1, self.mha.head_size)
         self.mask_prob = mask_prob
-        self.output_size = self.mha.head_size
+        self.with_std = with_std
+        self.output_size = self.mha.head_size * (2 if with_std else 1)
 
     def forward(self, x, lengths=None, return_weights=False):
-        """Pools ``x`` ``(B, T, D)`` into ``(B, D / H)``; weights ``((B, T, H), (B, H))`` if asked."""
+        """Pools ``x`` ``(B, T, D)`` into ``(B, P)``; weights ``((B, T, H), (B, H))`` if asked."""
         contexts, time_weights = self.mha.head_contexts(x, lengths)
         scores = contexts @ self.head_attention[0]
         if self.training and self.mask_prob > 0:
@@ -150,4 +173,7 @@ class DoubleMHAPooling(torch.nn.Module):
             scores = scores.masked_fill(dropped, float("-inf"))
         head_weights = torch.softmax(scores, dim=1)
         pooled = torch.einsum("bh,bhd->bd", head_weights, contexts)
+        if self.with_std:
+            stds = self.mha.head_stds(x, time_weights, contexts, self.VARIANCE_FLOOR)
+            pooled = torch.cat([pooled, torch.einsum("bh,bhd->bd", head_weights, stds)], dim=1)
         return (pooled, (time_weights, head_weights)) if return_weights else pooled

@@ -225,3 +225,12 @@ def test_ecapa_double_mha_pools_ecapa_frames_with_double_mha():
     torch.testing.assert_close(embeddings, expected)
     assert embeddings.shape == (2, 1, 16)
     assert isinstance(model.asp.pooling, DoubleMHAPooling)
+
+
+def test_ecapa_double_mha_with_std_pools_means_and_stds():
+    model = ECAPADoubleMHA(channels=[32, 32, 32, 32, 96], lin_neurons=16, heads=4,
+                           with_std=True).eval()
+    assert model.asp.pooling.with_std
+    # BatchNorm and the linear layer take the means and the stds: 2 * 96 / 4.
+    assert model.asp_bn.norm.num_features == model.fc.conv.in_channels == 48
+    assert model(torch.randn(2, 60, 80), torch.tensor([1.0, 0.5])).shape == (2, 1, 16)

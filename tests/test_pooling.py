@@ -83,6 +83,43 @@ def test_double_mha_matches_reference():
         assert (out[b] - expected).abs().max() <= 1e-5
 
 
+def reference_double_mha_with_std(h, queries, u, variance_floor):
+    """DoubleMHA with per-head attentive stds s_j = sqrt(sum_t a_tj (h_tj - c_j)^2), elementwise,
+    variances floored; output [sum_j b_j c_j, sum_j b_j s_j], b as without stds."""
+    heads, d = queries.shape
+    contexts, stds = [], []
+    for j in range(heads):
+        slice_j = h[:, j * d : (j + 1) * d]
+        a = softmax(torch.stack([slice_j[t] @ queries[j] for t in range(len(h))]) / math.sqrt(heads))
+        c = sum(a[t] * slice_j[t] for t in range(len(h)))
+        variance = sum(a[t] * (slice_j[t] - c) ** 2 for t in range(len(h)))
+        contexts.append(c)
+        stds.append(torch.clamp(variance, min=variance_floor).sqrt())
+    b = softmax(torch.stack([c @ u for c in contexts]))
+    return torch.cat([sum(b[j] * contexts[j] for j in range(heads)),
+                      sum(b[j] * stds[j] for j in range(heads))])
+
+
+def test_double_mha_with_std_matches_reference():
+    x, lengths = padded_batch()
+    pooling = DoubleMHAPooling(D, heads=H, mask_prob=0.3, with_std=True).eval()
+    out = pooling(x, lengths)
+    assert out.shape == (len(STEPS), 2 * D // H)
+    for b, n in enumerate(STEPS):
+        expected = reference_double_mha_with_std(
+            x[b, :n], pooling.mha.queries, pooling.head_attention[0], 1e-5
+        )
+        assert (out[b] - expected).abs().max() <= 1e-5
+    # The one-step utterance has no spread: its stds are the floor's root.
+    torch.testing.assert_close(out[2, D // H:], torch.full((D // H,), 1e-5 ** 0.5))
+
+
+def test_double_mha_with_std_has_finite_gradients_on_constant_frames():
+    x = torch.ones(2, 6, D, requires_grad=True)
+    DoubleMHAPooling(D, heads=H, with_std=True)(x, torch.tensor([1.0, 0.5])).sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
 def test_head_dropout_drops_the_given_fraction_and_attends_over_the_rest():
     torch.manual_seed(0)
     x = torch.randn(2000, 5, D)
@@ -108,7 +145,9 @@ def test_every_head_dropped_stays_finite():
 
 
 @pytest.mark.parametrize(
-    "pooling", [AttentionPooling(D), MHAPooling(D, H), DoubleMHAPooling(D, H)]
+    "pooling",
+    [AttentionPooling(D), MHAPooling(D, H), DoubleMHAPooling(D, H),
+     DoubleMHAPooling(D, H, with_std=True)],
 )
 def test_padded_steps_get_no_attention(pooling):
     x, lengths = padded_batch()
