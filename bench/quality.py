@@ -51,15 +51,17 @@ from dmha_modules.model_builder import read_manifest
 from dmha_modules.plots import save_png
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# (run name, table row, recipe overrides, epochs, needs a GPU). Both CPU models
+# (run name, table row, recipe overrides, epochs, needs a GPU). The CPU models
 # run ECAPA-TDNN's frame layers at C=256 (the YAMLs' ecapa_channels) and differ
-# only in the pooling. Double MHA pooling is the cheaper of the two: 5 epochs
-# took 11 minutes against ECAPA-TDNN's 14 (README, three splits), so DMHA gets
-# the 6 epochs that fit ECAPA-TDNN's 5 epochs' wall-clock; the table's minutes
-# column shows the wall-clock measured.
+# only in the pooling. Double MHA pooling is the cheaper: 5 epochs took 11
+# minutes against ECAPA-TDNN's 14 (README, three splits), so DMHA gets the 6
+# epochs that fit ECAPA-TDNN's 5 epochs' wall-clock (the standard deviations
+# cost no measurable time); the table's minutes column shows the wall-clock measured.
 MODELS = [
-    ("dmha", "DMHA (YAML defaults: ECAPA-TDNN C=256 frames + Double MHA pooling, 4 heads)",
-     [], 6, False),
+    ("dmha", "DMHA (YAML defaults: ECAPA-TDNN C=256 frames + Double MHA pooling of each "
+     "head's attentive mean and std, 4 heads)", [], 6, False),
+    ("dmha_mean", "DMHA, the paper's mean-only pooling (--with_std False)",
+     ["--with_std", "False"], 6, False),
     ("ecapa", "ECAPA-TDNN (C=256, attentive statistics pooling)", ["--embedding", "ecapa"], 5, False),
     ("dmha_paper", "DMHA paper size (VGG4L k=1024, 16 heads, head drop 0.3)",
      ["--embedding", "dmha", "--emb_dim", "400", "--channels", "1024", "--heads", "16",
@@ -75,6 +77,10 @@ COLUMNS = [
     ("balanced acc.", "age", "balanced_accuracy", "{:.3f}", 1),
     ("MAE (years)", "age", "mae_years", "{:.2f}", 1),
 ]
+
+# The validation figures the recipe logs per epoch, same layout.
+VALIDATION = [column for column in COLUMNS
+              if column[2] in ("eer", "min_dcf", "macro_f1", "mae_years")]
 
 
 def train(task, run, name, extra, args, threads=None):
@@ -171,6 +177,29 @@ def logged(folder, name):
     return [float(re.search(rf"{name}: ([0-9.e+-]+)", line).group(1)) for line in lines]
 
 
+def tested_epoch_figure(folder, name):
+    """``name`` (e.g. ``"valid eer"``) at the epoch the run tested ("Epoch loaded")."""
+    with open(os.path.join(folder, "train_log.txt")) as f:
+        epoch = int(re.search(r"Epoch loaded: (\d+)", f.read()).group(1))
+    return logged(folder, name)[epoch - 1]
+
+
+def validation_rows(args, folders):
+    """Each model's validation figures at its tested epoch, mean ± sd over the splits:
+    what a choice between models may rest on (the test columns may not). Markdown lines."""
+    lines = ["Validation speakers of each split, at the epoch each run tested (model choices "
+             "rest on these, not on the test columns):", "",
+             "| model | " + " | ".join(f"valid {header}" for header, *_ in VALIDATION) + " |",
+             "|---|" + "---:|" * len(VALIDATION)]
+    for slug, name, *_ in MODELS:
+        if (slug, "speaker", args.seeds[0]) in folders:
+            cells = [mean_and_spread([tested_epoch_figure(folders[slug, task, seed], f"valid {key}")
+                                      for seed in args.seeds], fmt, scale)
+                     for _, task, key, fmt, scale in VALIDATION]
+            lines.append(f"| {slug} | {' | '.join(cells)} |")
+    return lines
+
+
 def epoch_curves(folder):
     """Training loss and the selection metric per epoch, from a run's ``train_log.txt``."""
     with open(os.path.join(folder, "train_log.txt")) as f:
@@ -183,7 +212,7 @@ def plot_curves(folders, path):
     a colour per model, a line per split."""
     figure = Figure(figsize=(11, 7.5))
     axes = figure.subplots(2, 2)
-    colours = dict(zip(sorted({slug for slug, _, _ in folders}), ["C0", "C3", "C2"]))
+    colours = dict(zip(sorted({slug for slug, _, _ in folders}), ["C0", "C3", "C2", "C1", "C4"]))
     for (slug, task, seed), folder in sorted(folders.items()):
         key, loss, metric = epoch_curves(folder)
         column = TASKS.index(task)
@@ -341,6 +370,8 @@ def main():
         "| model | seed | " + " | ".join(headers) + " |",
         "|---|---:|" + "---:|" * len(headers),
         *per_split,
+        "",
+        *validation_rows(args, folders),
     ]
     if args.thread_check or args.training_seeds:
         lines += ["", *stability(args, folders)]
