@@ -5,9 +5,11 @@ A speaker model trained by ``recipes/train.py`` (its ``model/`` folder and
 measured on other held-out speakers of speechocean762 and, cross-corpus, on
 every pair of ``librispeech-test-other-10spk``; and, for comparison, on
 LibriSpeech calibrated in-domain (5 of its speakers calibrate, the other 5
-are measured). Each calibration is fitted twice: on plain cosines and on
-cosines of embeddings centred on the mean of each trial set's own files (``dmha
-calibrate``'s default, ``--centring mean``). The 26 held-out speakers
+are measured). Each calibration is fitted on plain cosines, on cosines of
+embeddings centred on the mean of each trial set's own files (``dmha
+calibrate``'s ``--centring mean``) and on those cosines standardised by the
+mean and standard deviation of the cosines between all pairs of the set's
+files (``--standardising list``; with centring, the default). The 26 held-out speakers
 (the recipe's valid and test speakers, never trained on) are split into 13
 development and 13 test speakers several ways: split 0 is the recipe's own
 (development = valid), the others a seeded shuffle. Per split, with and
@@ -18,8 +20,9 @@ back, and at each operating point (target FAR 1 % and 5 %; the Bayes
 threshold of p_target 0.01 and 0.05) the test trials' false-accept and miss
 rates are measured at the stored threshold; Cllr (of the cosines taken as
 LLRs, and calibrated), minCllr, EER and minDCF go beside them. Finally
-``dmha calibrate`` and ``dmha score`` are run on split 0's trial lists to
-check that the command line gives the same rates.
+``dmha calibrate`` (centred, and centred and standardised) and ``dmha score``
+are run on split 0's trial lists to check that the command line gives the same
+rates.
 
     python bench/calibration.py --experiment results/speaker/1986 [--data DIR] [--splits 3]
         [--out results/calibration]
@@ -49,6 +52,7 @@ from dmha_modules.calibration import (
 )
 from dmha_modules.cllr import cllr, min_cllr
 from dmha_modules.inference import DMHAClassifier
+from dmha_modules.list_norm import pairwise_cosine_stats
 from dmha_modules.metrics import (
     cosine_scores,
     rates_at_threshold,
@@ -62,12 +66,20 @@ POINTS = [("target FAR 1%", {"target_far": 0.01}), ("target FAR 5%", {"target_fa
           ("Bayes p_target 0.01", {"p_target": 0.01}), ("Bayes p_target 0.05", {"p_target": 0.05})]
 # (name, quality measures, effective prior of the fit: a number, or "p_target" for the
 # Bayes operating point's own prior, BOSARIS's advice for one known application prior;
-# centred: cosines of embeddings centred on the mean of each trial set's own files, as
-# dmha calibrate's default --centring mean and dmha score do).
-CALIBRATIONS = [("cosine", [], 0.5, False), ("cosine + duration", ["duration"], 0.5, False),
-                ("cosine, fitted at prior = p_target", [], "p_target", False),
-                ("centred cosine", [], 0.5, True),
-                ("centred cosine + duration", ["duration"], 0.5, True)]
+# the list normalisation: "centred", cosines of embeddings centred on the mean of each
+# trial set's own files, as dmha calibrate's --centring mean and dmha score do;
+# "standardised", those cosines standardised by the mean and sd of the cosines between
+# all pairs of the set's files, as --standardising list (the two: the default);
+# "none", plain cosines).
+CALIBRATIONS = [("cosine", [], 0.5, "none"), ("cosine + duration", ["duration"], 0.5, "none"),
+                ("cosine, fitted at prior = p_target", [], "p_target", "none"),
+                ("centred cosine", [], 0.5, "centred"),
+                ("centred cosine + duration", ["duration"], 0.5, "centred"),
+                ("centred, standardised cosine", [], 0.5, "standardised")]
+NORMALISATIONS = ("none", "centred", "standardised")
+# The command line checks: the default calibration, and the centred-only one.
+COMMAND_LINE = [("centred, standardised cosine", []),
+                ("centred cosine", ["--standardising", "none"])]
 
 
 def held_out_utterances(experiment):
@@ -104,24 +116,28 @@ def embed(model, paths):
     return torch.stack([embeddings[i] for i in range(len(paths))]), np.array(seconds)
 
 
-def trials_of(embeddings, seconds, speakers, chosen, centred=False):
+def trials_of(embeddings, seconds, speakers, chosen, normalisation="none"):
     """Every pair of the ``chosen`` utterances: cosine scores (of the embeddings centred on
-    the chosen ones' mean if ``centred``), labels, ``(N, 2)`` durations, the pairs."""
+    the chosen ones' mean unless ``normalisation`` is "none", then standardised by their
+    pairs' statistics if "standardised"), labels, ``(N, 2)`` durations, the pairs."""
     index = np.flatnonzero(chosen)
     pairs = np.array([(index[i], index[j], same) for i, j, same in
                       trial_pairs(speakers[index].tolist())])
-    if centred:
+    if normalisation != "none":
         embeddings = embeddings - embeddings[torch.from_numpy(index)].mean(dim=0)
     scores = cosine_scores(embeddings, torch.from_numpy(pairs[:, :2])).numpy().astype(np.float64)
+    if normalisation == "standardised":
+        mean, sd = pairwise_cosine_stats(embeddings[torch.from_numpy(index)])
+        scores = (scores - mean) / sd
     return scores, pairs[:, 2].astype(int), seconds[pairs[:, :2]], pairs
 
 
-def split_trials(split, data, centred):
+def split_trials(split, data, normalisation):
     """One split's trial sets: speechocean762 development, test and all of LibriSpeech
     (calibrated on the development trials), and LibriSpeech's development and test halves.
 
     Split 0's development speakers are the recipe's valid speakers, the others a seeded half
-    of the held-out speakers; every set's cosines are centred on its own files if ``centred``.
+    of the held-out speakers; every set is normalised on its own files (``trials_of``).
     """
     embeddings, seconds, speakers, valid, libri_embeddings, libri_seconds, libri_speakers = data
     rng = np.random.default_rng(split)
@@ -130,11 +146,11 @@ def split_trials(split, data, centred):
     is_dev = np.isin(speakers, dev_speakers)
     is_libri_dev = np.isin(libri_speakers, rng.permutation(libri_held)[:len(libri_held) // 2])
     libri = (libri_embeddings, libri_seconds, libri_speakers)
-    sets = {"dev": trials_of(embeddings, seconds, speakers, is_dev, centred),
-            "test": trials_of(embeddings, seconds, speakers, ~is_dev, centred),
-            "librispeech": trials_of(*libri, np.ones(len(libri_speakers), bool), centred)}
-    return (sets, trials_of(*libri, is_libri_dev, centred),
-            {"librispeech_test": trials_of(*libri, ~is_libri_dev, centred)})
+    sets = {"dev": trials_of(embeddings, seconds, speakers, is_dev, normalisation),
+            "test": trials_of(embeddings, seconds, speakers, ~is_dev, normalisation),
+            "librispeech": trials_of(*libri, np.ones(len(libri_speakers), bool), normalisation)}
+    return (sets, trials_of(*libri, is_libri_dev, normalisation),
+            {"librispeech_test": trials_of(*libri, ~is_libri_dev, normalisation)})
 
 
 def measure(scores, labels, llrs, calibration, point):
@@ -217,8 +233,9 @@ def write_trial_list(path, paths, pairs):
     write_atomic(path, lambda out: out.writelines(lines))
 
 
-def command_line_check(model_folder, sets, paths, out):
-    """``dmha calibrate`` (target FAR 1 %) and ``dmha score`` on split 0; their test FAR.
+def command_line_check(model_folder, sets, paths, out, extra):
+    """``dmha calibrate`` (target FAR 1 %, with ``extra`` options) and ``dmha score`` on
+    split 0; their test FAR.
 
     They run on a copy of the model folder in ``out``: ``calibrate`` writes into the folder,
     and the experiment's own must stay as trained (``bench/quality.py`` scores with it).
@@ -229,7 +246,7 @@ def command_line_check(model_folder, sets, paths, out):
     commands = [
         ["calibrate", "--model", model_folder, "--trials", os.path.join(out, "split0_dev.txt"),
          "--target_far", "0.01", "--plot", os.path.join(out, "split0_dev_det.png"),
-         "--no_progress"],
+         "--no_progress", *extra],
         ["score", "--model", model_folder, "--trials", os.path.join(out, "split0_test.txt"),
          "--out", os.path.join(out, "split0_test_scores.txt"), "--plot",
          os.path.join(out, "split0_test_det.png"), "--no_progress"],
@@ -266,15 +283,15 @@ def main():
             libri_speakers)
     results, split_zero = [], None
     for split in range(args.splits):
-        trial_sets = {centred: split_trials(split, data, centred) for centred in (False, True)}
-        split_zero = split_zero or trial_sets[True][0]
-        for (quality, terms, prior, centred), (point_name, point) in (
+        trial_sets = {norm: split_trials(split, data, norm) for norm in NORMALISATIONS}
+        split_zero = split_zero or trial_sets["none"][0]
+        for (quality, terms, prior, normalisation), (point_name, point) in (
                 (c, p) for c in CALIBRATIONS for p in POINTS):
             if prior == "p_target":
                 if "p_target" not in point:
                     continue
                 prior = point["p_target"]
-            sets, libri_dev, libri_sets = trial_sets[centred]
+            sets, libri_dev, libri_sets = trial_sets[normalisation]
             with tempfile.TemporaryDirectory() as folder:
                 figures = run_split(sets["dev"], sets, terms, prior, point, folder)
                 in_domain = run_split(libri_dev, libri_sets, terms, prior, point, folder)
@@ -282,12 +299,13 @@ def main():
                             **figures, "librispeech_test": in_domain["librispeech_test"],
                             "librispeech_threshold": in_domain["threshold"]})
     report = tables(results, args.splits)
-    far, printed = command_line_check(os.path.join(args.experiment, "model"), split_zero,
-                                      paths, args.out)
-    library = next(r["test"]["far"] for r in results if r["split"] == 0
-                   and r["quality"] == "centred cosine" and r["point"] == "target FAR 1%")
-    report += (f"\nCommand line, split 0, target FAR 1%: test FAR {far:.4f} from the "
-               f"scores file (library: {library:.4f})\n\n```\n{printed}```\n")
+    for quality, extra in COMMAND_LINE:
+        far, printed = command_line_check(os.path.join(args.experiment, "model"), split_zero,
+                                          paths, args.out, extra)
+        library = next(r["test"]["far"] for r in results if r["split"] == 0
+                       and r["quality"] == quality and r["point"] == "target FAR 1%")
+        report += (f"\nCommand line, split 0, {quality}, target FAR 1%: test FAR {far:.4f} "
+                   f"from the scores file (library: {library:.4f})\n\n```\n{printed}```\n")
     print(report)
     write_atomic(os.path.join(args.out, "calibration.md"), lambda f: f.write(report))
     write_atomic(os.path.join(args.out, "calibration.json"),

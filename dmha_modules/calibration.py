@@ -13,12 +13,9 @@ from the operating point alone.
 - ``Calibration``: the fitted map and the threshold, stored as
   ``calibration.json`` in a model folder (``save_calibration``,
   ``load_calibration``).
-- ``scoring_centre``: the mean embedding a trial list's cosines are taken
-  around. Subtracting the mean embedding of the files being scored removes
-  what all of them share (language, channel, recording set-up), which raises
-  every cosine of a corpus unlike the development one: impostor scores then
-  land nearer the development ones, and the stored threshold keeps more of
-  its false-accept rate across corpora (README, "Calibrated scores").
+
+The map can take cosines of centred embeddings, standardised by their list's
+statistics (``centre``, ``score_stats``; see :mod:`dmha_modules.list_norm`).
 """
 
 import dataclasses
@@ -27,7 +24,6 @@ import math
 import os
 
 import numpy as np
-import torch
 from scipy.optimize import minimize
 from scipy.special import expit, logit
 
@@ -38,9 +34,6 @@ from dmha_modules.metrics import as_numpy
 CALIBRATION_FILE = "calibration.json"
 FORMAT = "dmha-calibration/1"
 
-# A trial list of fewer files is centred on the development list's mean instead
-# of its own: the mean of a few embeddings is mostly those speakers' voices.
-MIN_FILES_TO_CENTRE = 20
 
 # Quality measures and the terms each adds to the linear map.
 QUALITY_TERMS = {"duration": ("log_shorter_seconds", "log_longer_seconds")}
@@ -232,6 +225,10 @@ class Calibration:
         The development list's mean embedding when the map takes cosines of
         centred embeddings (see ``scoring_centre``); None for plain cosines
         (calibrations written before centring).
+    score_stats : list, optional
+        ``[mean, sd]`` of the development list's cosines between all pairs of
+        its files when the map takes cosines standardised by their list's
+        (see ``scoring_stats``); None when it takes them as they are.
 
     Example
     -------
@@ -250,6 +247,7 @@ class Calibration:
     operating_point: dict = None
     development: dict = dataclasses.field(default_factory=dict)
     centre: list = None
+    score_stats: list = None
 
     def llrs(self, scores, seconds=None):
         """LLRs ``(N,)`` of cosine scores ``(N,)`` (and ``(N, 2)`` durations for ``duration``)."""
@@ -277,6 +275,7 @@ class Calibration:
         terms = " ".join(f"{weight:+.4g}*{name}" for name, weight in self.weights.items()
                          if name != "score")
         cosine = "cosine" if self.centre is None else "centred_cosine"
+        cosine = cosine if self.score_stats is None else f"standardised_{cosine}"
         line = f"llr = {self.weights['score']:.4g}*{cosine} {terms} {self.offset:+.4g}"
         return " ".join(line.split()) + f"; threshold {self.threshold:.4f} ({self.point_name()})"
 
@@ -287,43 +286,6 @@ class Calibration:
         if "target_far" in self.operating_point:
             return f"target FAR {100 * self.operating_point['target_far']:g}%"
         return f"Bayes, p_target {self.operating_point['p_target']:g}"
-
-
-def scoring_centre(calibration, embeddings):
-    """The mean embedding to subtract before scoring a trial list's files, and why that one.
-
-    Arguments
-    ---------
-    calibration : Calibration
-        Its ``centre`` set (a calibration of centred cosines).
-    embeddings : torch.Tensor
-        ``(N, E)`` embeddings of the list's distinct files; NaN rows (files
-        that failed) are left out.
-
-    Returns
-    -------
-    centre : torch.Tensor
-        ``(E,)``: the files' own mean when there are ``MIN_FILES_TO_CENTRE``
-        or more, else the stored development mean.
-    source : str
-        Which, in words, for the output.
-
-    Example
-    -------
-    >>> calibration = Calibration({"score": 9.0}, -4.0, centre=[1.0, 0.0])
-    >>> centre, source = scoring_centre(calibration, torch.ones(2, 2))
-    >>> centre.tolist(), source
-    ([1.0, 0.0], "the development list's mean (fewer than 20 files to centre on)")
-    """
-    stored = torch.tensor(calibration.centre, dtype=embeddings.dtype)
-    if stored.shape != embeddings.shape[1:]:
-        raise ValueError(f"the calibration's centre has {len(stored)} values, the model's "
-                         f"embeddings {embeddings.shape[1]}: calibrated with another model")
-    files = int((~embeddings.isnan().any(dim=1)).sum())
-    if files < MIN_FILES_TO_CENTRE:
-        return stored, (f"the development list's mean (fewer than {MIN_FILES_TO_CENTRE} "
-                        "files to centre on)")
-    return embeddings.nanmean(dim=0), f"the mean of these {files} files"
 
 
 def fit_calibration(scores, labels, quality=(), seconds=None, prior=0.5):
@@ -387,8 +349,15 @@ def _checked(content, path):
         raise ValueError(f"{path}: not a valid calibration ({problem})") from None
     if calibration.centre is not None:
         numbers += calibration.centre if isinstance(calibration.centre, list) else [None]
+    if calibration.score_stats is not None:
+        stats = calibration.score_stats
+        if not (isinstance(stats, list) and len(stats) == 2 and isinstance(stats[1], (int, float))
+                and stats[1] > 0):
+            raise ValueError(f"{path}: score_stats must be [mean, sd] with sd > 0")
+        numbers += stats
     if not all(isinstance(n, (int, float)) and math.isfinite(n) for n in numbers):
-        raise ValueError(f"{path}: weights, offset, threshold and centre must be finite numbers")
+        raise ValueError(f"{path}: weights, offset, threshold, centre and score_stats must be "
+                         "finite numbers")
     return calibration
 
 

@@ -18,7 +18,6 @@ from scipy.stats import norm
 
 from dmha_modules.calibration import (
     CALIBRATION_FILE,
-    MIN_FILES_TO_CENTRE,
     Calibration,
     bayes_threshold,
     far_threshold,
@@ -26,9 +25,9 @@ from dmha_modules.calibration import (
     load_calibration,
     quality_features,
     save_calibration,
-    scoring_centre,
 )
 from dmha_modules.cllr import cllr, min_cllr, pav_llrs
+from dmha_modules.list_norm import scoring_centre
 from dmha_modules.metrics import cosine_scores, trial_pairs
 
 
@@ -264,7 +263,7 @@ def test_calibration_json_round_trip(tmp_path):
                          -4.25, quality=["duration"], prior=0.5, threshold=2.2,
                          operating_point={"target_far": 0.01},
                          development={"trials": "dev.txt", "n_target": 10},
-                         centre=[0.5, -1.25, 3.0])
+                         centre=[0.5, -1.25, 3.0], score_stats=[0.02, 0.18])
     assert load_calibration(tmp_path) is None
     path = save_calibration(stored, tmp_path)
     assert path == str(tmp_path / CALIBRATION_FILE)
@@ -290,6 +289,12 @@ def test_calibration_json_round_trip(tmp_path):
          '"threshold": 1, "centre": [0.5, NaN]}', "must be finite numbers"),
         ('{"format": "dmha-calibration/1", "weights": {"score": 1}, "offset": 0, '
          '"threshold": 1, "centre": "0.5"}', "must be finite numbers"),
+        ('{"format": "dmha-calibration/1", "weights": {"score": 1}, "offset": 0, '
+         '"threshold": 1, "score_stats": [0.1, 0]}', "score_stats must be [mean, sd] with sd > 0"),
+        ('{"format": "dmha-calibration/1", "weights": {"score": 1}, "offset": 0, '
+         '"threshold": 1, "score_stats": [0.1]}', "score_stats must be [mean, sd] with sd > 0"),
+        ('{"format": "dmha-calibration/1", "weights": {"score": 1}, "offset": 0, '
+         '"threshold": 1, "score_stats": [NaN, 0.2]}', "must be finite numbers"),
     ],
 )
 def test_a_bad_calibration_json_is_named(tmp_path, text, words):
@@ -300,21 +305,6 @@ def test_a_bad_calibration_json_is_named(tmp_path, text, words):
 
 
 # ---------------------------------------------------------------- centring
-
-
-def test_scoring_centre_is_the_files_mean_or_the_stored_one():
-    rng = np.random.default_rng(0)
-    calibration = Calibration({"score": 1.0}, 0.0, centre=[9.0, 9.0, 9.0])
-    many = torch.from_numpy(rng.normal(size=(MIN_FILES_TO_CENTRE + 1, 3)))
-    many[4] = math.nan  # a file that failed
-    centre, source = scoring_centre(calibration, many)
-    good = np.delete(many.numpy(), 4, axis=0)
-    np.testing.assert_allclose(centre.numpy(), good.sum(axis=0) / len(good), rtol=1e-12)
-    assert source == f"the mean of these {MIN_FILES_TO_CENTRE} files"
-    centre, source = scoring_centre(calibration, many[:MIN_FILES_TO_CENTRE])  # one is NaN
-    assert centre.tolist() == [9.0, 9.0, 9.0] and "development list's mean" in source
-    with pytest.raises(ValueError, match="centre has 3 values, the model's embeddings 2"):
-        scoring_centre(calibration, many[:, :2])
 
 
 def speaker_embeddings(rng, speakers, offset, per_speaker=12, size=16):

@@ -1,8 +1,9 @@
 """``dmha calibrate``: a labelled development trial list -> the model folder's ``calibration.json``.
 
 The model's cosine scores of the trials (by default of embeddings centred on
-the mean embedding of the list's files, see
-:func:`dmha_modules.calibration.scoring_centre`) are mapped to log-likelihood ratios
+the mean embedding of the list's files, and standardised by the mean and
+standard deviation of the cosines between all pairs of them, see
+:mod:`dmha_modules.list_norm`) are mapped to log-likelihood ratios
 by linear logistic regression (:func:`dmha_modules.calibration.fit_calibration`,
 optionally with the trials' durations as quality measures), and the decision
 threshold is set for the operating point named: a target false-accept rate
@@ -28,10 +29,12 @@ from dmha_modules.cli.errors import InputError, batch_status
 from dmha_modules.cli.inputs import check_writable, load_model, trial_seconds
 from dmha_modules.cli.options import add_command, batching_options, model_options, option
 from dmha_modules.cli.score import embed_trials, print_metrics, read_trial_paths
+from dmha_modules.list_norm import pairwise_cosine_stats
 from dmha_modules.metrics import cosine_scores, rates_at_threshold, verification_metrics
 
 PLOT_FILE = "calibration_det.png"
 CENTRINGS = ("mean", "none")
+STANDARDISINGS = ("list", "none")
 
 
 def register(commands):
@@ -62,6 +65,12 @@ def register(commands):
            "dmha score reads is centred on its own, so another corpus's impostor scores land "
            "nearer the development ones); "
            "none: plain cosines, as calibrations before centring")
+    option(parser, "standardising", choices=STANDARDISINGS, default="list",
+           help="list: standardise the cosines by the mean and standard deviation of the "
+           "cosines between all pairs of the list's files (each list dmha score reads by its "
+           "own: in a list of many speakers nearly all pairs are impostors, so another "
+           "corpus's impostor scores land on the development ones); none: as they are, as "
+           "calibrations before standardising")
     option(parser, "prior", type=float, default=0.5,
            help="effective target prior of the logistic-regression objective")
     option(parser, "plot", help=f"PNG of the DET curve with the operating point (default: "
@@ -85,12 +94,13 @@ def _labelled_trials(args):
     return trials
 
 
-def _calibrated(scores, labels, seconds, centre, args):
-    """The fitted calibration (of cosines around ``centre``, or plain when None) with its
-    threshold and development figures."""
+def _calibrated(scores, labels, seconds, centre, stats, args):
+    """The fitted calibration (of cosines around ``centre``, or plain when None, standardised
+    by ``stats`` unless None) with its threshold and development figures."""
     quality = [args.quality] if args.quality else []
     calibration = fit_calibration(scores, labels, quality, seconds, prior=args.prior)
     calibration.centre = None if centre is None else centre.tolist()
+    calibration.score_stats = stats
     llrs = calibration.llrs(scores, seconds)
     try:
         calibration = calibration.with_operating_point(
@@ -123,10 +133,18 @@ def run(args):
         raise InputError(f"{args.trials}: too few trials left of files that could be read: "
                          f"{int(labels.sum())} target, {int((labels == 0).sum())} non-target")
     centre = embeddings.nanmean(dim=0) if args.centring == "mean" else None  # NaN: failed files
-    scores = cosine_scores(embeddings if centre is None else embeddings - centre, pairs)
-    scores = scores.numpy().astype(np.float64)
+    if centre is not None:
+        embeddings = embeddings - centre
+    scores = cosine_scores(embeddings, pairs).numpy().astype(np.float64)
+    stats = None
+    if args.standardising == "list":
+        try:
+            stats = pairwise_cosine_stats(embeddings)
+        except ValueError as error:
+            raise InputError(f"{args.trials}: {error}") from None
+        scores = (scores - stats[0]) / stats[1]
     seconds = trial_seconds(kept) if args.quality else None
-    calibration, llrs = _calibrated(scores, labels, seconds, centre, args)
+    calibration, llrs = _calibrated(scores, labels, seconds, centre, stats, args)
     save_calibration(calibration, args.model)
     from dmha_modules.plots import plot_verification_scores  # matplotlib: slow to import
 

@@ -28,10 +28,12 @@ import tempfile
 import numpy as np
 
 from dmha_modules.audio import AUDIO_EXTENSIONS, audio_info
-from dmha_modules.calibration import CALIBRATION_FILE, load_calibration, scoring_centre
+from dmha_modules.calibration import CALIBRATION_FILE, load_calibration
 from dmha_modules.cli.errors import InputError, report_skipped
 from dmha_modules import inference
 from dmha_modules.inference import AudioError, DMHAClassifier
+from dmha_modules.list_norm import scoring_centre, scoring_stats
+from dmha_modules.metrics import cosine_scores
 
 
 def check_writable(path, folder=False, parent_must_exist=False):
@@ -214,13 +216,28 @@ def read_calibration(folder):
         raise InputError(str(error)) from None
 
 
-def calibration_centre(calibration, embeddings, folder):
-    """``scoring_centre`` of a model folder's calibration; a centre of another size is an
-    ``InputError`` naming the folder's ``calibration.json``."""
+def calibrated_cosines(calibration, embeddings, pairs, folder):
+    """The cosines of ``pairs`` of ``embeddings`` as a model folder's ``calibration`` maps them.
+
+    Around its centre when it was fitted on centred embeddings (``scoring_centre``),
+    standardised when on standardised cosines (``scoring_stats``). Returns the scores
+    ``(N,)`` and a line per step saying which statistics were used; a calibration made
+    with another model is an ``InputError`` naming the folder's ``calibration.json``.
+    """
+    steps = []
     try:
-        return scoring_centre(calibration, embeddings)
+        if calibration.centre is not None:
+            centre, source = scoring_centre(calibration, embeddings)
+            embeddings = embeddings - centre
+            steps.append(f"cosines of embeddings centred on {source}")
+        scores = cosine_scores(embeddings, pairs).numpy().astype(np.float64)
+        if calibration.score_stats is not None:
+            (mean, sd), source = scoring_stats(calibration, embeddings)
+            scores = (scores - mean) / sd
+            steps.append(f"cosines standardised by {source}")
     except ValueError as error:
         raise InputError(f"{os.path.join(folder, CALIBRATION_FILE)}: {error}") from None
+    return scores, steps
 
 
 def trial_seconds(trials):

@@ -4,9 +4,9 @@ Trial lists are read by :func:`dmha_modules.trials.read_trials` (VoxCeleb,
 Kaldi or unlabelled lines). With ``--cohort`` the scores are adaptive
 s-norm'd. Trials of files that fail are reported and left out. A model
 folder with ``calibration.json`` (``dmha calibrate``) gives LLRs and a
-decision per trial at its stored threshold (a calibration of centred cosines
-centres the list's embeddings on their own mean, see
-:func:`dmha_modules.calibration.scoring_centre`); one without gives cosine
+decision per trial at its stored threshold (a calibration of centred or
+standardised cosines centres and standardises the list on its own files'
+statistics, see :mod:`dmha_modules.list_norm`); one without gives cosine
 scores, as before calibration existed, and says so.
 """
 
@@ -21,7 +21,7 @@ from dmha_modules.cllr import cllr, min_cllr
 from dmha_modules.cli.errors import InputError, batch_status, require_output
 from dmha_modules.cli.inputs import (
     NOT_CALIBRATED,
-    calibration_centre,
+    calibrated_cosines,
     check_writable,
     embed_paths,
     load_model,
@@ -160,15 +160,6 @@ def _calibration(args):
     return calibration
 
 
-def _centred(embeddings, calibration, args):
-    """The embeddings as the calibration scores them: centred when it was fitted so."""
-    if calibration is None or calibration.centre is None:
-        return embeddings
-    centre, source = calibration_centre(calibration, embeddings, args.model)
-    print(f"cosines of embeddings centred on {source}")
-    return embeddings - centre
-
-
 def run(args):
     """Scores the trials whose files embed; writes the scores, prints the metrics."""
     for out in filter(None, (args.out, args.plot)):
@@ -179,9 +170,11 @@ def run(args):
         kept, embeddings, pairs = embed_trials(model, trials, args)
         cohort = _cohort(model, args) if args.cohort else None
     require_output(len(kept), args.out)
-    if cohort is None:
-        scores = cosine_scores(_centred(embeddings, calibration, args), pairs)
-        scores = scores.numpy().astype(np.float64)
+    if cohort is None and calibration is not None:
+        scores, steps = calibrated_cosines(calibration, embeddings, pairs, args.model)
+        print("\n".join(steps), end="\n" if steps else "")
+    elif cohort is None:
+        scores = cosine_scores(embeddings, pairs).numpy().astype(np.float64)
     else:
         scores = adaptive_snorm(embeddings, pairs, cohort, args.top_n).numpy().astype(np.float64)
     if calibration is not None:

@@ -2,8 +2,9 @@
 
 With the model folder's ``calibration.json`` (``dmha calibrate``) the score
 is an LLR, decided at the stored threshold of the operating point chosen
-there (of embeddings centred on the development list's mean, when it was
-calibrated so: two files are too few to centre on). Without it (folders
+there (of embeddings centred on the development list's mean and standardised
+by its cosine statistics, when it was calibrated so: two files are too few to
+take statistics of). Without it (folders
 written before calibration existed, age models, imported ones) it is the
 cosine, decided at ``--threshold`` or the model's own (its EER threshold on
 its test speakers), and the output says so.
@@ -14,7 +15,7 @@ import torch
 from dmha_modules.cli.errors import InputError
 from dmha_modules.cli.inputs import (
     NOT_CALIBRATED,
-    calibration_centre,
+    calibrated_cosines,
     load_model,
     read_calibration,
     trial_seconds,
@@ -57,22 +58,27 @@ def run(args):
         if calibration is None:
             threshold = _uncalibrated_threshold(model, args)
         enrol, test = model.embed_file(args.enrol), model.embed_file(args.test)
-    if calibration is not None and calibration.centre is not None:
-        centre, _ = calibration_centre(calibration, torch.stack([enrol, test]), args.model)
-        enrol, test = enrol - centre, test - centre
-    score = float(torch.nn.functional.cosine_similarity(enrol, test, dim=0))
     if calibration is None:
+        score = float(torch.nn.functional.cosine_similarity(enrol, test, dim=0))
         print(f"score {score:.4f} threshold {threshold:.4f}: {DECISIONS[score > threshold]}")
         print(NOT_CALIBRATED + ("; the threshold is the model's EER threshold on its test "
                                 "speakers" if args.threshold is None else "; the threshold is "
                                 "--threshold"))
         return 0
+    scores, _ = calibrated_cosines(calibration, torch.stack([enrol, test]),
+                                   torch.tensor([[0, 1]]), args.model)
+    score = float(scores[0])
     seconds = trial_seconds([(args.enrol, args.test)]) if calibration.quality else None
     llr = float(calibration.llrs([score], seconds)[0])
     threshold = calibration.threshold if args.threshold is None else args.threshold
     point = calibration.point_name() if args.threshold is None else "--threshold"
     print(f"llr {llr:.4f} threshold {threshold:.4f} ({point}): {DECISIONS[llr > threshold]}")
-    cosine = f"cosine {score:.4f}" if calibration.centre is None else \
-        f"centred cosine {score:.4f} (around the development list's mean)"
+    cosine = "centred cosine" if calibration.centre is not None else "cosine"
+    if calibration.score_stats is not None:
+        cosine = f"standardised {cosine} {score:.4f} (by the development list's statistics)"
+    elif calibration.centre is not None:
+        cosine = f"{cosine} {score:.4f} (around the development list's mean)"
+    else:
+        cosine = f"{cosine} {score:.4f}"
     print(f"{cosine}; calibration.json: {calibration.describe()}")
     return 0

@@ -77,7 +77,7 @@ def reference_fit(features, prior=0.5):
 def test_calibrate_stores_the_fitted_map_and_the_bayes_threshold(model, trials, audio,
                                                                  reference, capsys, centring):
     stdout, _ = calibrate(capsys, model, trials, audio, "--p_target", "0.05",
-                          "--centring", centring)
+                          "--centring", centring, "--standardising", "none")
     scores = reference_scores(reference, audio, CENTRINGS[centring])
     content = stored(model)
     assert content["format"] == "dmha-calibration/1" and content["score"] == "cosine"
@@ -108,7 +108,8 @@ def test_calibrate_stores_the_fitted_map_and_the_bayes_threshold(model, trials, 
 def test_calibrate_at_a_target_false_accept_rate(model, trials, audio, reference, capsys,
                                                  tmp_path):
     plot = tmp_path / "det.png"
-    stdout, _ = calibrate(capsys, model, trials, audio, "--target_far", "0.25", "--plot", plot)
+    stdout, _ = calibrate(capsys, model, trials, audio, "--target_far", "0.25", "--plot", plot,
+                          "--standardising", "none")
     content = stored(model)
     scores = reference_scores(reference, audio, DEV_FILES)
     llrs = content["weights"]["score"] * scores + content["offset"]
@@ -122,7 +123,7 @@ def test_calibrate_at_a_target_false_accept_rate(model, trials, audio, reference
 
 def test_calibration_with_durations(model, trials, audio, reference, capsys):
     calibrate(capsys, model, trials, audio, "--p_target", "0.1", "--quality", "duration",
-              "--centring", "none")
+              "--centring", "none", "--standardising", "none")
     content = stored(model)
     assert content["quality"] == ["duration"]
     seconds = {}
@@ -157,7 +158,8 @@ def test_calibration_with_durations(model, trials, audio, reference, capsys):
 def test_verify_with_a_calibrated_model_decides_the_llr(model, trials, audio, reference, capsys,
                                                         centring):
     """Two files are too few to centre on: verify centres on the development list's mean."""
-    calibrate(capsys, model, trials, audio, "--p_target", "0.01", "--centring", centring)
+    calibrate(capsys, model, trials, audio, "--p_target", "0.01", "--centring", centring,
+              "--standardising", "none")
     content = stored(model)
     embeddings = reference_embeddings(reference, audio, CENTRINGS[centring])
     for enrol, test in PAIRS[:4]:
@@ -182,7 +184,8 @@ def test_verify_with_a_calibrated_model_decides_the_llr(model, trials, audio, re
 @pytest.mark.parametrize("centring", sorted(CENTRINGS))
 def test_score_with_a_calibrated_model_writes_llrs_and_decisions(model, trials, audio, reference,
                                                                  capsys, tmp_path, centring):
-    calibrate(capsys, model, trials, audio, "--target_far", "0.25", "--centring", centring)
+    calibrate(capsys, model, trials, audio, "--target_far", "0.25", "--centring", centring,
+              "--standardising", "none")
     content = stored(model)
     out = tmp_path / "scores.txt"
     status, stdout, _ = run_cli(capsys, "score", "--model", model, "--trials", trials,
@@ -212,8 +215,8 @@ def test_score_with_a_calibrated_model_writes_llrs_and_decisions(model, trials, 
 def test_score_centres_a_list_on_its_own_files(model, trials, audio, reference, capsys, tmp_path,
                                                monkeypatch):
     """A list of enough files is centred on its own mean, not the development list's."""
-    monkeypatch.setattr("dmha_modules.calibration.MIN_FILES_TO_CENTRE", 3)
-    calibrate(capsys, model, trials, audio, "--p_target", "0.3")
+    monkeypatch.setattr("dmha_modules.list_norm.MIN_FILES_TO_CENTRE", 3)
+    calibrate(capsys, model, trials, audio, "--p_target", "0.3", "--standardising", "none")
     content = stored(model)
     files = DEV_FILES[:3]
     pairs = [(a, b) for a, b in PAIRS if a in files and b in files]
@@ -235,9 +238,10 @@ def test_score_centres_a_list_on_its_own_files(model, trials, audio, reference, 
 
 def test_a_calibration_written_before_centring_scores_plain_cosines(model, trials, audio,
                                                                     reference, capsys, tmp_path):
-    calibrate(capsys, model, trials, audio, "--p_target", "0.3", "--centring", "none")
+    calibrate(capsys, model, trials, audio, "--p_target", "0.3", "--centring", "none",
+              "--standardising", "none")
     content = stored(model)
-    del content["centre"]
+    del content["centre"], content["score_stats"]
     (model / "calibration.json").write_text(json.dumps(content), encoding="utf-8")
     out = tmp_path / "scores.txt"
     status, stdout, _ = run_cli(capsys, "score", "--model", model, "--trials", trials,
@@ -365,3 +369,59 @@ def test_real_speech_calibration(shared_data, model, tmp_path, capsys):
     assert (development["n_target"], development["n_nontarget"]) == (40, 150)
     assert development["min_cllr"] <= development["cllr"] <= 1.0
     assert development["false_accept_rate"] == pytest.approx(0.1)
+
+
+def pair_stats(embeddings, files):
+    """Mean and population sd of the cosines of every pair of ``files``."""
+    cosines = [cosine(embeddings[a], embeddings[b])
+               for i, a in enumerate(files) for b in files[i + 1:]]
+    return np.mean(cosines), np.std(cosines)
+
+
+def test_standardised_calibration_in_calibrate_verify_and_score(model, trials, audio, reference,
+                                                                capsys, tmp_path):
+    """--standardising list (the default): the development list's cosine statistics are
+    stored; verify and a list of fewer than MIN_FILES_TO_CENTRE files are standardised by
+    them."""
+    stdout, _ = calibrate(capsys, model, trials, audio, "--p_target", "0.3")
+    content = stored(model)
+    embeddings = reference_embeddings(reference, audio, DEV_FILES)
+    mean, sd = pair_stats(embeddings, DEV_FILES)
+    np.testing.assert_allclose(content["score_stats"], [mean, sd], atol=1e-5)
+    assert "*standardised_centred_cosine" in stdout
+    standardised = (reference_scores(reference, audio, DEV_FILES) - mean) / sd
+    a, b = reference_fit(standardised[:, None])
+    assert content["weights"]["score"] == pytest.approx(a, rel=2e-3, abs=2e-3)
+    llrs = content["weights"]["score"] * standardised + content["offset"]
+    enrol, test = PAIRS[0]
+    status, stdout, _ = run_cli(capsys, "verify", "--model", model, audio / enrol, audio / test)
+    assert status == 0 and "standardised centred cosine" in stdout
+    assert float(re.search(r"^llr (-?\d+\.\d{4})", stdout)[1]) == pytest.approx(llrs[0], abs=2e-4)
+    out = tmp_path / "scores.txt"
+    status, stdout, _ = run_cli(capsys, "score", "--model", model, "--trials", trials,
+                                "--data_root", audio, "--out", out, "--no_progress")
+    assert status == 0
+    assert "cosines standardised by the development list's cosine statistics" in stdout
+    rows = [line.split() for line in out.read_text(encoding="utf-8").splitlines()]
+    np.testing.assert_allclose([float(row[2]) for row in rows], llrs, atol=1e-4)
+
+
+def test_score_standardises_a_list_by_its_own_files(model, trials, audio, reference, capsys,
+                                                    tmp_path, monkeypatch):
+    monkeypatch.setattr("dmha_modules.list_norm.MIN_FILES_TO_CENTRE", 3)
+    calibrate(capsys, model, trials, audio, "--p_target", "0.3", "--standardising", "list")
+    content = stored(model)
+    files = DEV_FILES[:3]
+    pairs = [(a, b) for a, b in PAIRS if a in files and b in files]
+    listing = tmp_path / "eval.txt"
+    listing.write_text("".join(f"{a} {b}\n" for a, b in pairs), encoding="utf-8")
+    out = tmp_path / "scores.txt"
+    status, stdout, _ = run_cli(capsys, "score", "--model", model, "--trials", listing,
+                                "--data_root", audio, "--out", out, "--no_progress")
+    assert status == 0
+    assert "cosines standardised by the cosines between all pairs of these 3 files" in stdout
+    mean, sd = pair_stats(reference_embeddings(reference, audio, files), files)
+    llrs = content["weights"]["score"] * (
+        (reference_scores(reference, audio, files, pairs) - mean) / sd) + content["offset"]
+    rows = [line.split() for line in out.read_text(encoding="utf-8").splitlines()]
+    np.testing.assert_allclose([float(row[2]) for row in rows], llrs, atol=1e-3)
