@@ -50,6 +50,13 @@ def reference_scores(reference, audio, centre_on=None, pairs=PAIRS):
     return np.array([cosine(embeddings[e], embeddings[t]) for e, t in pairs])
 
 
+def pair_stats(embeddings, files):
+    """Mean and population sd of the cosines of every pair of ``files``."""
+    cosines = [cosine(embeddings[a], embeddings[b])
+               for i, a in enumerate(files) for b in files[i + 1:]]
+    return np.mean(cosines), np.std(cosines)
+
+
 # The development list's files: the mean dmha calibrate centres on by default.
 DEV_FILES = sorted({name for pair in PAIRS for name in pair})
 CENTRINGS = {"mean": DEV_FILES, "none": None}
@@ -212,11 +219,13 @@ def test_score_with_a_calibrated_model_writes_llrs_and_decisions(model, trials, 
     assert ("centred on the development list's mean" in stdout) == (centring == "mean")
 
 
-def test_score_centres_a_list_on_its_own_files(model, trials, audio, reference, capsys, tmp_path,
-                                               monkeypatch):
-    """A list of enough files is centred on its own mean, not the development list's."""
+@pytest.mark.parametrize("standardising", ["none", "list"])
+def test_score_normalises_a_list_by_its_own_files(model, trials, audio, reference, capsys,
+                                                  tmp_path, monkeypatch, standardising):
+    """A list of enough files is centred on its own mean, and standardised by its own cosine
+    statistics, not the development list's."""
     monkeypatch.setattr("dmha_modules.list_norm.MIN_FILES_TO_CENTRE", 3)
-    calibrate(capsys, model, trials, audio, "--p_target", "0.3", "--standardising", "none")
+    calibrate(capsys, model, trials, audio, "--p_target", "0.3", "--standardising", standardising)
     content = stored(model)
     files = DEV_FILES[:3]
     pairs = [(a, b) for a, b in PAIRS if a in files and b in files]
@@ -226,13 +235,20 @@ def test_score_centres_a_list_on_its_own_files(model, trials, audio, reference, 
     status, stdout, _ = run_cli(capsys, "score", "--model", model, "--trials", listing,
                                 "--data_root", audio, "--out", out, "--no_progress")
     assert status == 0 and "centred on the mean of these 3 files" in stdout
-    llrs = content["weights"]["score"] * reference_scores(reference, audio, files, pairs) \
-        + content["offset"]
+    assert ("cosines standardised by the cosines between all pairs of these 3 files"
+            in stdout) == (standardising == "list")
+    scores = reference_scores(reference, audio, files, pairs)
+    if standardising == "list":
+        mean, sd = pair_stats(reference_embeddings(reference, audio, files), files)
+        scores = (scores - mean) / sd
+    llrs = content["weights"]["score"] * scores + content["offset"]
     rows = [line.split() for line in out.read_text(encoding="utf-8").splitlines()]
-    np.testing.assert_allclose([float(row[2]) for row in rows], llrs, atol=1e-4)
-    # The development mean would have given other scores: the test can tell them apart.
-    other = content["weights"]["score"] * reference_scores(reference, audio, DEV_FILES, pairs) \
-        + content["offset"]
+    np.testing.assert_allclose([float(row[2]) for row in rows], llrs, atol=1e-3)
+    # The development list's statistics would have given other scores: the test can tell.
+    other = reference_scores(reference, audio, DEV_FILES, pairs)
+    if standardising == "list":
+        other = (other - content["score_stats"][0]) / content["score_stats"][1]
+    other = content["weights"]["score"] * other + content["offset"]
     assert np.abs(other - llrs).max() > 1e-2
 
 
@@ -371,13 +387,6 @@ def test_real_speech_calibration(shared_data, model, tmp_path, capsys):
     assert development["false_accept_rate"] == pytest.approx(0.1)
 
 
-def pair_stats(embeddings, files):
-    """Mean and population sd of the cosines of every pair of ``files``."""
-    cosines = [cosine(embeddings[a], embeddings[b])
-               for i, a in enumerate(files) for b in files[i + 1:]]
-    return np.mean(cosines), np.std(cosines)
-
-
 def test_standardised_calibration_in_calibrate_verify_and_score(model, trials, audio, reference,
                                                                 capsys, tmp_path):
     """--standardising list (the default): the development list's cosine statistics are
@@ -404,24 +413,3 @@ def test_standardised_calibration_in_calibrate_verify_and_score(model, trials, a
     assert "cosines standardised by the development list's cosine statistics" in stdout
     rows = [line.split() for line in out.read_text(encoding="utf-8").splitlines()]
     np.testing.assert_allclose([float(row[2]) for row in rows], llrs, atol=1e-4)
-
-
-def test_score_standardises_a_list_by_its_own_files(model, trials, audio, reference, capsys,
-                                                    tmp_path, monkeypatch):
-    monkeypatch.setattr("dmha_modules.list_norm.MIN_FILES_TO_CENTRE", 3)
-    calibrate(capsys, model, trials, audio, "--p_target", "0.3", "--standardising", "list")
-    content = stored(model)
-    files = DEV_FILES[:3]
-    pairs = [(a, b) for a, b in PAIRS if a in files and b in files]
-    listing = tmp_path / "eval.txt"
-    listing.write_text("".join(f"{a} {b}\n" for a, b in pairs), encoding="utf-8")
-    out = tmp_path / "scores.txt"
-    status, stdout, _ = run_cli(capsys, "score", "--model", model, "--trials", listing,
-                                "--data_root", audio, "--out", out, "--no_progress")
-    assert status == 0
-    assert "cosines standardised by the cosines between all pairs of these 3 files" in stdout
-    mean, sd = pair_stats(reference_embeddings(reference, audio, files), files)
-    llrs = content["weights"]["score"] * (
-        (reference_scores(reference, audio, files, pairs) - mean) / sd) + content["offset"]
-    rows = [line.split() for line in out.read_text(encoding="utf-8").splitlines()]
-    np.testing.assert_allclose([float(row[2]) for row in rows], llrs, atol=1e-3)
