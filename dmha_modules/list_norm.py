@@ -136,4 +136,5 @@ def scoring_stats(calibration, embeddings):
     if files < MIN_FILES_TO_CENTRE:
         return list(calibration.score_stats), (
             f"the development list's cosine statistics (fewer than {MIN_FILES_TO_CENTRE} files)")
-    return pairwise_cosine_stats(embeddings), f"the cosines between all pairs of these {files} files"
+    source = f"the cosines between all pairs of these {files} files"
+    return pairwise_cosine_stats(embeddings), source

@@ -90,7 +90,8 @@ def reference_double_mha_with_std(h, queries, u, variance_floor):
     contexts, stds = [], []
     for j in range(heads):
         slice_j = h[:, j * d : (j + 1) * d]
-        a = softmax(torch.stack([slice_j[t] @ queries[j] for t in range(len(h))]) / math.sqrt(heads))
+        scores = torch.stack([slice_j[t] @ queries[j] for t in range(len(h))])
+        a = softmax(scores / math.sqrt(heads))
         c = sum(a[t] * slice_j[t] for t in range(len(h)))
         variance = sum(a[t] * (slice_j[t] - c) ** 2 for t in range(len(h)))
         contexts.append(c)
