@@ -34,7 +34,6 @@ from dmha_modules.metrics import as_numpy
 CALIBRATION_FILE = "calibration.json"
 FORMAT = "dmha-calibration/1"
 
-
 # Quality measures and the terms each adds to the linear map.
 QUALITY_TERMS = {"duration": ("log_shorter_seconds", "log_longer_seconds")}
 
@@ -274,10 +273,14 @@ class Calibration:
         """One line: the map and the operating point, for the verbs' output."""
         terms = " ".join(f"{weight:+.4g}*{name}" for name, weight in self.weights.items()
                          if name != "score")
-        cosine = "cosine" if self.centre is None else "centred_cosine"
-        cosine = cosine if self.score_stats is None else f"standardised_{cosine}"
+        cosine = self.score_name().replace(" ", "_")
         line = f"llr = {self.weights['score']:.4g}*{cosine} {terms} {self.offset:+.4g}"
         return " ".join(line.split()) + f"; threshold {self.threshold:.4f} ({self.point_name()})"
+
+    def score_name(self):
+        """What the map takes: ``cosine``, ``centred cosine`` or ``standardised centred cosine``."""
+        name = "cosine" if self.centre is None else "centred cosine"
+        return name if self.score_stats is None else f"standardised {name}"
 
     def point_name(self):
         """The operating point in words: ``target FAR 1%`` or ``Bayes, p_target 0.01``."""

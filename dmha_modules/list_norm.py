@@ -28,6 +28,17 @@ MIN_FILES_TO_CENTRE = 20
 MAX_FILES_FOR_STATS = 2000
 
 
+def embedded_rows(embeddings):
+    """The rows of ``(N, E)`` embeddings of files that embedded: NaN rows (failed files) left out.
+
+    Example
+    -------
+    >>> embedded_rows(torch.tensor([[1.0, 2.0], [float("nan"), 0.0]])).tolist()
+    [[1.0, 2.0]]
+    """
+    return embeddings[~embeddings.isnan().any(dim=1)]
+
+
 def scoring_centre(calibration, embeddings):
     """The mean embedding to subtract before scoring a trial list's files, and why that one.
 
@@ -59,7 +70,7 @@ def scoring_centre(calibration, embeddings):
     if stored.shape != embeddings.shape[1:]:
         raise ValueError(f"the calibration's centre has {len(stored)} values, the model's "
                          f"embeddings {embeddings.shape[1]}: calibrated with another model")
-    files = int((~embeddings.isnan().any(dim=1)).sum())
+    files = len(embedded_rows(embeddings))
     if files < MIN_FILES_TO_CENTRE:
         return stored, (f"the development list's mean (fewer than {MIN_FILES_TO_CENTRE} "
                         "files to centre on)")
@@ -91,7 +102,7 @@ def pairwise_cosine_stats(embeddings):
     >>> [round(value, 4) for value in stats]  # cosines 0, 0.7071, 0.7071
     [0.4714, 0.3333]
     """
-    rows = embeddings[~embeddings.isnan().any(dim=1)].double()
+    rows = embedded_rows(embeddings).double()
     if len(rows) > MAX_FILES_FOR_STATS:
         order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))
         rows = rows[order[:MAX_FILES_FOR_STATS]]
@@ -132,7 +143,7 @@ def scoring_stats(calibration, embeddings):
     >>> scoring_stats(calibration, torch.eye(3))
     ([0.1, 0.2], "the development list's cosine statistics (fewer than 20 files)")
     """
-    files = int((~embeddings.isnan().any(dim=1)).sum())
+    files = len(embedded_rows(embeddings))
     if files < MIN_FILES_TO_CENTRE:
         return list(calibration.score_stats), (
             f"the development list's cosine statistics (fewer than {MIN_FILES_TO_CENTRE} files)")

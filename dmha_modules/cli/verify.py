@@ -73,12 +73,9 @@ def run(args):
     threshold = calibration.threshold if args.threshold is None else args.threshold
     point = calibration.point_name() if args.threshold is None else "--threshold"
     print(f"llr {llr:.4f} threshold {threshold:.4f} ({point}): {DECISIONS[llr > threshold]}")
-    cosine = "centred cosine" if calibration.centre is not None else "cosine"
-    if calibration.score_stats is not None:
-        cosine = f"standardised {cosine} {score:.4f} (by the development list's statistics)"
-    elif calibration.centre is not None:
-        cosine = f"{cosine} {score:.4f} (around the development list's mean)"
-    else:
-        cosine = f"{cosine} {score:.4f}"
-    print(f"{cosine}; calibration.json: {calibration.describe()}")
+    basis = (" (by the development list's statistics)" if calibration.score_stats is not None
+             else " (around the development list's mean)" if calibration.centre is not None
+             else "")
+    print(f"{calibration.score_name()} {score:.4f}{basis}; calibration.json: "
+          f"{calibration.describe()}")
     return 0
