@@ -55,7 +55,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # list for both tasks or a dict of lists by task. The CPU models run ECAPA-TDNN's
 # frame layers at C=256 (the YAMLs' ecapa_channels) and differ only in the
 # pooling. Double MHA pooling is the cheaper, so DMHA gets the 7 epochs that fit
-# ECAPA-TDNN's 5 epochs' wall-clock (README, three splits: 14.3 + 13.6 minutes
+# ECAPA-TDNN's 5 epochs' wall-clock (README, three splits: 14.2 + 13.6 minutes
 # against 14.1 + 16.0); the table's minutes column shows the wall-clock measured.
 MODELS = [
     ("dmha", "DMHA (YAML defaults: ECAPA-TDNN C=256 frames + Double MHA pooling of each "
