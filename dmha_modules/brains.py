@@ -74,11 +74,14 @@ class DMHABrain(DDPBrain):
         self.group_loss = group_loss
 
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
-        """SpeechBrain's loader; the training one also tells the lr schedule the epoch's length."""
+        """SpeechBrain's loader; the training one also tells the schedules the epoch's length:
+        the lr's in optimizer steps, the loss's margin warm-up in batches."""
         loader = super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
         if stage == sb.Stage.TRAIN:
             steps = len(loader) // self.grad_accumulation_factor
             self.hparams.lr_annealing.steps_per_epoch = max(1, steps)
+            if hasattr(self.group_loss, "steps_per_epoch"):
+                self.group_loss.steps_per_epoch = max(1, len(loader))
         return loader
 
     def on_fit_batch_start(self, batch, should_step):

@@ -1,6 +1,7 @@
 """Losses for speakers and age (the heads they train are in :mod:`dmha_modules.heads`).
 
-- ``AMSoftmaxLoss``: additive-margin softmax on cosines, optional annealing.
+- ``AMSoftmaxLoss``: additive-margin softmax on cosines, optional margin warm-up
+  or the original's annealing.
 - ``ClassWeightedCrossEntropy``: cross-entropy weighting class ``c`` by
   ``1 - n_c / N``.
 - ``OrdinalRegressionLoss``: cumulative targets with squared error.
@@ -31,7 +32,14 @@ class AMSoftmaxLoss(torch.nn.Module):
     With ``annealing``, the margin cosine is mixed with the plain one as
     ``(cos_m + alpha cos) / (1 + alpha)``, ``alpha = max(0, 1000 / (1 +
     1e-4 step)^2)``, where ``step`` counts the training calls (a buffer, so it
-    is checkpointed).
+    is checkpointed). That schedule was made for the original's days of
+    training: over a few hundred steps ``alpha`` stays near 1000 and the margin
+    near 0. ``margin_warmup_epochs`` is the schedule for short runs: the margin
+    rises linearly from ``margin / steps`` at the first call to ``margin`` after
+    ``margin_warmup_epochs`` epochs, so the first epochs learn to separate the
+    classes before they are asked to separate them by a margin. Its epoch
+    length must be set in ``steps_per_epoch`` (training calls per epoch) before
+    the first call, as :class:`dmha_modules.brains.DMHABrain` does.
 
     Arguments
     ---------
@@ -40,7 +48,9 @@ class AMSoftmaxLoss(torch.nn.Module):
     scale : float
         Scale ``s``.
     annealing : bool
-        Start from plain cosine softmax and anneal towards the margin.
+        Start from plain cosine softmax and anneal towards the margin (the original's).
+    margin_warmup_epochs : float
+        Epochs over which the margin rises linearly to ``margin`` (0: none).
 
     Example
     -------
@@ -50,20 +60,39 @@ class AMSoftmaxLoss(torch.nn.Module):
     0.0
     >>> round(loss(cosines, torch.tensor([1])).item(), 2)  # log(1 + exp(30 * (0.9 - (0.1 - 0.4))))
     36.0
+    >>> warming = AMSoftmaxLoss(margin=0.4, margin_warmup_epochs=2)
+    >>> warming.steps_per_epoch = 2
+    >>> margins = []
+    >>> for step in range(5):  # training calls so far
+    ...     _ = warming.step.fill_(step)
+    ...     margins.append(round(warming.current_margin(), 2))
+    >>> margins
+    [0.1, 0.2, 0.3, 0.4, 0.4]
     """
 
-    def __init__(self, margin=0.4, scale=30.0, annealing=False):
+    def __init__(self, margin=0.4, scale=30.0, annealing=False, margin_warmup_epochs=0.0):
         super().__init__()
         self.margin = margin
         self.scale = scale
         self.annealing = annealing
+        self.margin_warmup_epochs = margin_warmup_epochs
+        self.steps_per_epoch = None
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    def current_margin(self):
+        """The margin of the next training call (``margin`` once warmed up)."""
+        if not self.margin_warmup_epochs:
+            return self.margin
+        if self.steps_per_epoch is None:
+            raise RuntimeError("AMSoftmaxLoss: margin warm-up needs steps_per_epoch")
+        warmup = max(1.0, self.margin_warmup_epochs * self.steps_per_epoch)
+        return self.margin * min(1.0, (self.step.item() + 1) / warmup)
 
     def logits(self, cosines, targets):
         """Margin logits ``(B, C)`` from cosines ``(B, 1, C)`` and class indices ``(B,)``."""
         cosines = batch_scores(cosines)
         onehot = F.one_hot(batch_targets(targets), cosines.shape[1]).to(cosines.dtype)
-        margin_cosines = cosines - self.margin * onehot
+        margin_cosines = cosines - self.current_margin() * onehot
         if self.annealing:
             alpha = max(0.0, 1000.0 / (1.0 + 1e-4 * self.step.item()) ** 2)
             margin_cosines = (margin_cosines + alpha * cosines) / (1 + alpha)

@@ -46,6 +46,27 @@ def test_am_softmax_annealing_follows_its_schedule():
     assert loss.step.item() == 3
 
 
+def test_am_softmax_margin_warm_up_rises_linearly_then_holds():
+    loss = AMSoftmaxLoss(margin=0.4, scale=30.0, margin_warmup_epochs=1.5).train()
+    loss.steps_per_epoch = 4  # warm-up over 6 training calls
+    for call in range(1, 9):
+        margin = 0.4 * min(call, 6) / 6
+        expected = am_softmax_reference(COSINES, TARGETS, margin, 30.0)
+        assert loss(COSINES, TARGETS).item() == pytest.approx(expected, rel=1e-5), call
+    # Evaluation calls neither count nor move the margin.
+    loss.eval()
+    assert loss(COSINES, TARGETS).item() == pytest.approx(
+        am_softmax_reference(COSINES, TARGETS, 0.4, 30.0), rel=1e-5
+    )
+    assert loss.step.item() == 8
+
+
+def test_am_softmax_margin_warm_up_needs_the_epoch_length():
+    loss = AMSoftmaxLoss(margin=0.4, margin_warmup_epochs=1)
+    with pytest.raises(RuntimeError, match="steps_per_epoch"):
+        loss(COSINES, TARGETS)
+
+
 def test_class_weighted_cross_entropy_matches_formula():
     counts = [50, 30, 20]
     loss = ClassWeightedCrossEntropy()
