@@ -21,7 +21,7 @@ printed. The paper-size DMHA (VGG4L k=1024, 16 heads) is trained only where a
 GPU is present; otherwise its row says skipped.
 
     python bench/quality.py [--seeds 1986 7 42] [--jobs 2] [--training_seeds 1 2]
-        [--thread_check 2] [--out results/quality]
+        [--thread_check 2] [--models dmha ecapa ...] [--out results/quality]
 
 Runs that finished are reused (each writes ``test_metrics.json`` and
 ``wall_clock.json``); an interrupted one resumes from its checkpoint, its
@@ -193,7 +193,7 @@ def validation_rows(args, folders):
              "rest on these, not on the test columns):", "",
              "| model | " + " | ".join(f"valid {header}" for header, *_ in VALIDATION) + " |",
              "|---|" + "---:|" * len(VALIDATION)]
-    for slug, name, *_ in MODELS:
+    for slug, name, *_ in args.rows:
         if (slug, "speaker", args.seeds[0]) in folders:
             cells = [mean_and_spread([tested_epoch_figure(folders[slug, task, seed], f"valid {key}")
                                       for seed in args.seeds], fmt, scale)
@@ -243,7 +243,7 @@ def train_all(args, threads):
     """Trains (or reuses) every run; returns ``(slug, task, seed) -> output folder``."""
     runs = [(slug, name, extra, epochs, task, seed)
             for seed in args.seeds for task in TASKS
-            for slug, name, extra, epochs, needs_gpu in MODELS
+            for slug, name, extra, epochs, needs_gpu in args.rows
             if torch.cuda.is_available() or not needs_gpu]
 
     def run(spec):
@@ -277,7 +277,7 @@ def stability(args, folders):
     other ``--training_seeds`` and on ``--thread_check`` threads: how much training alone
     moves them on the same test speakers. Markdown lines."""
     split = args.seeds[0]
-    slug, name, extra, epochs, _ = MODELS[0]
+    slug, name, extra, epochs, _ = args.rows[0]
     base = overrides(extra, "age") + ["--split_seed", str(split), "--number_of_epochs",
                                       str(epochs)]
     runs = [(split, None, folders[slug, "age", split])]
@@ -308,7 +308,7 @@ def stability(args, folders):
 def model_rows(args, folders, root, trials):
     """The summary row of each model (mean and spread) and its rows per split."""
     rows, per_split = [], []
-    for slug, name, _, epochs, _ in MODELS:
+    for slug, name, _, epochs, _ in args.rows:
         if (slug, "speaker", args.seeds[0]) not in folders:
             rows.append(f"| {name} | skipped: no GPU |" + " |" * (len(COLUMNS) + 2))
             continue
@@ -341,8 +341,13 @@ def main():
                         help="also train the first split's DMHA age model with these seeds")
     parser.add_argument("--thread_check", type=int, metavar="N",
                         help="also train the first split's DMHA age model on N threads")
+    slugs = [slug for slug, *_ in MODELS]
+    parser.add_argument("--models", nargs="+", choices=slugs, default=slugs, metavar="SLUG",
+                        help=f"rows to train and show (default all: {', '.join(slugs)}); "
+                        "dmha, the defaults, always")
     parser.add_argument("--out", default=os.path.join(REPO, "results", "quality"))
     args = parser.parse_args()
+    args.rows = [row for row in MODELS if row[0] == "dmha" or row[0] in args.models]
     os.makedirs(args.out, exist_ok=True)
     trials = os.path.join(args.out, "librispeech_trials.txt")
     root, cross_labels = librispeech_trials(args.data, trials)
