@@ -17,7 +17,9 @@ split tests on: ``--training_seeds S ...`` trains the default DMHA age model
 again on the first split (``--split_seed``) with other training seeds, and
 ``--thread_check N`` on N threads (the table's runs use cores / jobs each),
 as thread count changes the arithmetic; the spread of their test MAE is
-printed. The paper-size DMHA (VGG4L k=1024, 16 heads) is trained only where a
+printed. Each model's difference to ECAPA-TDNN is also shown split by split
+(paired: the same test speakers on both sides), with the number of splits it
+wins. The paper-size DMHA (VGG4L k=1024, 16 heads) is trained only where a
 GPU is present; otherwise its row says skipped.
 
     python bench/quality.py [--seeds 1986 7 42] [--jobs 2] [--training_seeds 1 2]
@@ -306,14 +308,16 @@ def stability(args, folders):
 
 
 def model_rows(args, folders, root, trials):
-    """The summary row of each model (mean and spread) and its rows per split."""
-    rows, per_split = [], []
+    """The summary row of each model (mean and spread), its rows per split and its
+    figures: ``slug -> (task, seed) -> metrics``."""
+    rows, per_split, by_model = [], [], {}
     for slug, name, _, epochs, _ in args.rows:
         if (slug, "speaker", args.seeds[0]) not in folders:
             rows.append(f"| {name} | skipped: no GPU |" + " |" * (len(COLUMNS) + 2))
             continue
-        figures = {(task, seed): run_figures(folders[slug, task, seed], task, root, trials)
-                   for task in TASKS for seed in args.seeds}
+        figures = by_model[slug] = {
+            (task, seed): run_figures(folders[slug, task, seed], task, root, trials)
+            for task in TASKS for seed in args.seeds}
         cells = [mean_and_spread([figures[task, seed][key] for seed in args.seeds], fmt, scale)
                  for _, task, key, fmt, scale in COLUMNS]
         minutes = " + ".join(
@@ -326,7 +330,37 @@ def model_rows(args, folders, root, trials):
                       for _, task, key, fmt, scale in COLUMNS]
             per_split.append(f"| {slug} | {seed} | {' | '.join(values)} |")
         print(rows[-1], flush=True)
-    return rows, per_split
+    return rows, per_split, by_model
+
+
+def paired_rows(args, by_model, baseline="ecapa"):
+    """Each model's difference to ``baseline`` split by split, mean ± sd (min–max), and on
+    how many splits it is the better one: the same test speakers on both sides, so the
+    splits' own spread drops out. Markdown lines (none without the baseline)."""
+    if baseline not in by_model or len(args.seeds) < 2:
+        return []
+    # Lower is better for the error rates and MAE, higher for macro-F1 and accuracy.
+    lower_better = {"eer", "min_dcf", "librispeech_eer", "mae_years"}
+    lines = [f"Difference to {baseline}, split by split (model − {baseline}; mean ± sd "
+             "(min to max) over the splits, then on how many splits the model is better):", "",
+             "| model | " + " | ".join(header for header, *_ in COLUMNS) + " |",
+             "|---|" + "---:|" * len(COLUMNS)]
+    for slug, figures in by_model.items():
+        if slug == baseline:
+            continue
+        cells = []
+        for _, task, key, fmt, scale in COLUMNS:
+            differences = np.array([figures[task, seed][key] - by_model[baseline][task, seed][key]
+                                    for seed in args.seeds])
+            better = np.sum(differences < 0 if key in lower_better else differences > 0)
+            signed, number = fmt.replace("{:", "{:+"), fmt.replace(" %", "")
+            low, high = (signed.replace(" %", "").format(scale * value)
+                         for value in (differences.min(), differences.max()))
+            cells.append(f"{signed.format(scale * differences.mean())} ± "
+                         f"{number.format(scale * differences.std(ddof=1))} ({low} to {high}), "
+                         f"{better} of {len(differences)}")
+        lines.append(f"| {slug} | {' | '.join(cells)} |")
+    return lines
 
 
 def main():
@@ -354,7 +388,7 @@ def main():
     threads = args.threads = max(1, torch.get_num_threads() // args.jobs)
     folders = train_all(args, threads)
 
-    rows, per_split = model_rows(args, folders, root, trials)
+    rows, per_split, by_model = model_rows(args, folders, root, trials)
 
     first = folders["dmha", "age", args.seeds[0]]
     majority, floor, mean_age, mae = age_floors(first, os.path.join(args.data, "speechocean762"))
@@ -384,6 +418,8 @@ def main():
         "| model | seed | " + " | ".join(headers) + " |",
         "|---|---:|" + "---:|" * len(headers),
         *per_split,
+        "",
+        *paired_rows(args, by_model),
         "",
         *validation_rows(args, folders),
     ]
