@@ -334,7 +334,7 @@ def model_rows(args, folders, root, trials):
 
 
 def paired_rows(args, by_model, baseline="ecapa"):
-    """Each model's difference to ``baseline`` split by split, mean ± sd (min–max), and on
+    """Each model's difference to ``baseline`` split by split, mean ± sd (min to max), and on
     how many splits it is the better one: the same test speakers on both sides, so the
     splits' own spread drops out. Markdown lines (none without the baseline)."""
     if baseline not in by_model or len(args.seeds) < 2:
