@@ -29,11 +29,7 @@ from dmha_modules.metrics import (
 )
 from dmha_modules.model_builder import manifest_path, read_manifest
 from dmha_modules.model_folder import CALIBRATION_FILE
-from dmha_modules.plots import (
-    plot_confusion_matrix,
-    plot_embeddings_pca,
-    plot_verification_scores,
-)
+from dmha_modules.plots import plot_confusion_matrix, plot_embeddings_pca, plot_verification_scores
 from dmha_modules.training import DDPBrain
 
 logger = logging.getLogger(__name__)
@@ -74,8 +70,7 @@ class DMHABrain(DDPBrain):
         self.group_loss = group_loss
 
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
-        """SpeechBrain's loader; the training one also tells the schedules the epoch's length:
-        the lr's in optimizer steps, the loss's margin warm-up in batches."""
+        """SpeechBrain's loader; a training one tells the lr and margin schedules its length."""
         loader = super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
         if stage == sb.Stage.TRAIN:
             steps = len(loader) // self.grad_accumulation_factor
