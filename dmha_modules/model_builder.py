@@ -15,6 +15,7 @@ from speechbrain.dataio.dataio import load_data_csv
 
 from dmha_modules.age_groups import COMMONVOICE_AGE_GROUPS
 from dmha_modules.losses import AMSoftmaxLoss, OrdinalRegressionLoss
+from dmha_modules.model_safety import ModelFolderError, read_checkpoint
 
 
 def label_key(hparams):
@@ -299,6 +300,61 @@ def build_model(hparams, label_encoder):
     if group_loss is not None:
         hparams["checkpointer"].add_recoverable("group_loss", group_loss)
     return modules, group_loss, age_decoding
+
+
+def load_initial_weights(embedding_model, folder):
+    """Starts ``embedding_model`` from the one of a model folder (``init_from``).
+
+    The folder is any model folder of this toolkit (a training's ``model/``,
+    ``dmha export``'s, ``dmha import``'s): its ``embedding_model.ckpt`` is read
+    as tensors only and must fit ``embedding_model`` key for key and shape for
+    shape (same ``embedding``, sizes and ``n_mels``); the heads of the new task
+    start afresh. Used to fine-tune a speaker model for age.
+
+    Arguments
+    ---------
+    embedding_model : torch.nn.Module
+        The model to train; its weights are replaced.
+    folder : str
+        The model folder.
+
+    Raises
+    ------
+    ModelFolderError
+        Naming the checkpoint: missing, unreadable, or each key that the two
+        models do not share or whose shapes differ.
+
+    Example
+    -------
+    >>> from dmha_modules.models import EmbeddingModel
+    >>> folder = getfixture("tmp_path")
+    >>> trained = EmbeddingModel(channels=16, heads=4, emb_dim=32)
+    >>> torch.save(trained.state_dict(), folder / "embedding_model.ckpt")
+    >>> fresh = EmbeddingModel(channels=16, heads=4, emb_dim=32)
+    >>> load_initial_weights(fresh, str(folder))
+    >>> all(torch.equal(a, b) for a, b in zip(fresh.parameters(), trained.parameters()))
+    True
+    >>> load_initial_weights(EmbeddingModel(channels=16, heads=4, emb_dim=64), str(folder))
+    Traceback (most recent call last):
+    ...
+    dmha_modules.model_safety.ModelFolderError: .../embedding_model.ckpt: init_from: ...
+    """
+    path = os.path.join(folder, "embedding_model.ckpt")
+    if not os.path.isfile(path):
+        raise ModelFolderError([f"{path}: no such file (init_from names a model folder, "
+                                "such as a training's model/)"])
+    saved, own = read_checkpoint(path), embedding_model.state_dict()
+    problems = [f"key {key} only in this training's model" for key in own if key not in saved]
+    problems += [f"key {key} only in the checkpoint" for key in saved if key not in own]
+    problems += [f"key {key}: shape {tuple(saved[key].shape)} in the checkpoint, "
+                 f"{tuple(own[key].shape)} here" for key in own
+                 if key in saved and saved[key].shape != own[key].shape]
+    if problems:
+        shown = problems[:5] + ([f"... and {len(problems) - 5} more"] if len(problems) > 5 else [])
+        raise ModelFolderError([f"{path}: init_from: its embedding model does not fit this "
+                                "training's (same --embedding and sizes needed):"]
+                               + [f"  {problem}" for problem in shown])
+    embedding_model.load_state_dict(saved)
 
 
 def embedding_spec(hparams):

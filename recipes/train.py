@@ -46,10 +46,12 @@ from dmha_modules.model_builder import (
     best_checkpoint_kwargs,
     build_model,
     gender_classes,
+    load_initial_weights,
     make_label_encoder,
     manifest_path,
 )
 from dmha_modules.model_folder import write_experiment_model
+from dmha_modules.model_safety import ModelFolderError
 from dmha_modules.prepare import BadInputError, DownloadError
 from dmha_modules.recipe_inputs import (
     RecipeInputError,
@@ -67,7 +69,8 @@ from dmha_modules.training import (
 logger = logging.getLogger(__name__)
 
 # What stops the recipe with a message rather than a traceback: bad input.
-INPUT_PROBLEMS = (RecipeInputError, OutputFolderError, BadInputError, DownloadError)
+INPUT_PROBLEMS = (
+    RecipeInputError, OutputFolderError, BadInputError, DownloadError, ModelFolderError)
 
 
 def load_hparams(hparams_file, overrides):
@@ -127,6 +130,10 @@ def run_experiment(hparams, run_opts, trial_lists):
     """Trains, tests and writes the model folder."""
     label_encoders = {split: make_label_encoder(hparams, split) for split in SPLITS}
     modules, group_loss, age_decoding = build_model(hparams, label_encoders["train"])
+    # A resumed run goes on from its checkpoint, which holds the started weights.
+    if hparams.get("init_from") and hparams["checkpointer"].find_checkpoint() is None:
+        load_initial_weights(modules["embedding_model"], hparams["init_from"])
+        logger.info("Embedding model initialised from %s", hparams["init_from"])
     brain_kwargs = {
         "modules": modules,
         "opt_class": hparams["opt_class"],

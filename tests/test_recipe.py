@@ -264,6 +264,29 @@ def test_speaker_recipe_end_to_end_and_export(corpus, tmp_path):
     assert f"'{label}'" in speakers
 
 
+
+def test_age_model_starts_from_a_speaker_model(corpus, tmp_path):
+    speaker = tmp_path / "speaker"
+    run_recipe(recipe_command("speaker.yaml", corpus, speaker, "--number_of_epochs=1"))
+    started = torch.load(speaker / "model" / "embedding_model.ckpt", weights_only=True)
+    # At lr 0 training leaves the parameters where they started (BatchNorm's
+    # running statistics still move, so only parameters are compared).
+    age = tmp_path / "age"
+    run_recipe(recipe_command("age.yaml", corpus, age, "--number_of_epochs=1", "--lr=0.0",
+                              f"--init_from={speaker / 'model'}"))
+    trained = torch.load(age / "model" / "embedding_model.ckpt", weights_only=True)
+    parameters = [name for name, _ in
+                  EmbeddingModel(channels=16, heads=4, emb_dim=32, batch_norm=True)
+                  .named_parameters()]
+    assert parameters and all(torch.equal(started[name], trained[name]) for name in parameters)
+    # Another front-end: one message naming the checkpoint and the keys, no training.
+    other = tmp_path / "other"
+    result = run_recipe(recipe_command("age.yaml", corpus, other, "--front_end=VGG3L",
+                                       f"--init_from={speaker / 'model'}"), expect=1)
+    assert f"{speaker / 'model' / 'embedding_model.ckpt'}: init_from: " in result.stderr
+    assert "key front_end." in result.stderr and "Traceback" not in result.stderr
+    assert not (other / "model").exists()
+
 @pytest.mark.parametrize("embedding, pooling_key", [
     ("ecapa", "asp.tdnn."),  # attentive statistics pooling
     ("ecapa_dmha", "asp.pooling.head_attention"),  # the YAMLs' default: Double MHA pooling
