@@ -164,13 +164,16 @@ def publish_table(path, lines):
     print("\n" + table)
 
 
-def mean_and_spread(values, fmt, scale):
-    """``mean ± sd (min–max)`` of a metric over the splits, in the column's format."""
+def mean_and_spread(values, fmt, scale, signed=False):
+    """``mean ± sd (min–max)`` of a metric over the splits, in the column's format;
+    ``signed`` (differences): ``+mean ± sd (min to max)``, each with its sign."""
     values = scale * np.asarray(values, dtype=float)
+    fmt = fmt.replace("{:", "{:+") if signed else fmt
     number = fmt.replace(" %", "")
-    spread = number.format(values.std(ddof=1)) if len(values) > 1 else "–"
+    spread = number.replace("{:+", "{:").format(values.std(ddof=1)) if len(values) > 1 else "–"
+    between = " to " if signed else "–"
     return (f"{fmt.format(values.mean())} ± {spread} "
-            f"({number.format(values.min())}–{number.format(values.max())})")
+            f"({number.format(values.min())}{between}{number.format(values.max())})")
 
 
 def logged(folder, name):
@@ -353,11 +356,7 @@ def paired_rows(args, by_model, baseline="ecapa"):
             differences = np.array([figures[task, seed][key] - by_model[baseline][task, seed][key]
                                     for seed in args.seeds])
             better = np.sum(differences < 0 if key in lower_better else differences > 0)
-            signed, number = fmt.replace("{:", "{:+"), fmt.replace(" %", "")
-            low, high = (signed.replace(" %", "").format(scale * value)
-                         for value in (differences.min(), differences.max()))
-            cells.append(f"{signed.format(scale * differences.mean())} ± "
-                         f"{number.format(scale * differences.std(ddof=1))} ({low} to {high}), "
+            cells.append(f"{mean_and_spread(differences, fmt, scale, signed=True)}, "
                          f"{better} of {len(differences)}")
         lines.append(f"| {slug} | {' | '.join(cells)} |")
     return lines
