@@ -264,7 +264,6 @@ def test_speaker_recipe_end_to_end_and_export(corpus, tmp_path):
     assert f"'{label}'" in speakers
 
 
-
 def test_age_model_starts_from_a_speaker_model(corpus, tmp_path):
     speaker = tmp_path / "speaker"
     run_recipe(recipe_command("speaker.yaml", corpus, speaker, "--number_of_epochs=1"))
@@ -286,6 +285,7 @@ def test_age_model_starts_from_a_speaker_model(corpus, tmp_path):
     assert f"{speaker / 'model' / 'embedding_model.ckpt'}: init_from: " in result.stderr
     assert "key front_end." in result.stderr and "Traceback" not in result.stderr
     assert not (other / "model").exists()
+
 
 @pytest.mark.parametrize("embedding, pooling_key", [
     ("ecapa", "asp.tdnn."),  # attentive statistics pooling
