@@ -126,14 +126,22 @@ def prepare_manifests(hparams):
     return trial_lists
 
 
+def start_from_model_folder(hparams):
+    """``init_from``: the embedding model starts from a model folder's.
+
+    Done before any data is prepared, so a folder that does not fit stops the
+    recipe at once. A resumed run goes on from its checkpoint, which holds the
+    started weights.
+    """
+    if hparams.get("init_from") and hparams["checkpointer"].find_checkpoint() is None:
+        load_initial_weights(hparams["embedding_model"], hparams["init_from"])
+        logger.info("Embedding model initialised from %s", hparams["init_from"])
+
+
 def run_experiment(hparams, run_opts, trial_lists):
     """Trains, tests and writes the model folder."""
     label_encoders = {split: make_label_encoder(hparams, split) for split in SPLITS}
     modules, group_loss, age_decoding = build_model(hparams, label_encoders["train"])
-    # A resumed run goes on from its checkpoint, which holds the started weights.
-    if hparams.get("init_from") and hparams["checkpointer"].find_checkpoint() is None:
-        load_initial_weights(modules["embedding_model"], hparams["init_from"])
-        logger.info("Embedding model initialised from %s", hparams["init_from"])
     brain_kwargs = {
         "modules": modules,
         "opt_class": hparams["opt_class"],
@@ -190,6 +198,7 @@ def train(argv):
             hyperparams_to_save=hparams_file,
             overrides=overrides,
         )
+        start_from_model_folder(hparams)
         trial_lists = prepare_manifests(hparams)
         run_experiment(hparams, run_opts, trial_lists)
 
