@@ -111,7 +111,15 @@ class ClassWeightedCrossEntropy(torch.nn.Module):
 
     The weights are set from the training label counts by
     ``set_class_counts`` and live in a buffer (checkpointed with the model);
-    until then the loss is plain cross-entropy.
+    until then the loss is plain cross-entropy. With ``label_smoothing``
+    ``e``, the target of ``C`` classes is ``1 - e + e / C`` on the labelled
+    class and ``e / C`` on each other one (PyTorch's definition, weights
+    included).
+
+    Arguments
+    ---------
+    label_smoothing : float
+        Share ``e`` of the target spread evenly over the classes (0: one-hot).
 
     Example
     -------
@@ -119,10 +127,15 @@ class ClassWeightedCrossEntropy(torch.nn.Module):
     >>> loss.set_class_counts([30, 10])
     >>> loss.weight
     tensor([0.2500, 0.7500])
+    >>> scores = torch.tensor([[[1.0, 3.0]]]).log()  # probabilities 1/4, 3/4
+    >>> smoothed = ClassWeightedCrossEntropy(label_smoothing=0.2)
+    >>> round(smoothed(scores, torch.tensor([1])).item(), 4)  # -(0.1 log 1/4 + 0.9 log 3/4)
+    0.3975
     """
 
-    def __init__(self):
+    def __init__(self, label_smoothing=0.0):
         super().__init__()
+        self.label_smoothing = label_smoothing
         self.register_buffer("weight", torch.ones(0))
 
     def set_class_counts(self, counts):
@@ -134,7 +147,10 @@ class ClassWeightedCrossEntropy(torch.nn.Module):
         """Loss of logits ``(B, 1, C)`` for class indices ``(B,)`` or ``(B, 1)``."""
         weight = self.weight if self.weight.numel() else None
         return F.cross_entropy(
-            batch_scores(logits), batch_targets(targets), weight=weight
+            batch_scores(logits),
+            batch_targets(targets),
+            weight=weight,
+            label_smoothing=self.label_smoothing,
         )
 
 

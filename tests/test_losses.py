@@ -84,6 +84,31 @@ def test_class_weighted_cross_entropy_matches_formula():
     )
 
 
+def test_label_smoothing_spreads_the_weighted_target():
+    counts = [50, 30, 20]
+    smoothing, classes = 0.3, 3
+    loss = ClassWeightedCrossEntropy(label_smoothing=smoothing)
+    loss.set_class_counts(counts)
+    weights = [1 - n / sum(counts) for n in counts]
+    logits = COSINES * 5
+    # Target 1 - e + e / C on the label, e / C elsewhere; each log-probability
+    # weighted by its class's weight; the sum over the batch divided by the
+    # labels' weights, as PyTorch's weighted mean.
+    total = 0.0
+    for row, y in zip(logits, TARGETS.tolist()):
+        log_p = torch.log_softmax(row, 0).tolist()
+        for c in range(classes):
+            target = (1 - smoothing) * (c == y) + smoothing / classes
+            total -= weights[c] * target * log_p[c]
+    expected = total / sum(weights[y] for y in TARGETS.tolist())
+    assert loss(logits.unsqueeze(1), TARGETS).item() == pytest.approx(
+        expected, rel=1e-5
+    )
+    unsmoothed = ClassWeightedCrossEntropy()
+    unsmoothed.set_class_counts(counts)
+    assert unsmoothed(logits.unsqueeze(1), TARGETS).item() < expected
+
+
 def test_ordinal_regression_matches_formula_and_decodes():
     logits = torch.tensor([[2.0, 0.5, -1.0, -3.0], [1.0, -0.2, 0.3, -2.0]])
     targets = torch.tensor([1, 3])
