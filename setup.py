@@ -2,9 +2,12 @@
 
 from setuptools import find_packages, setup
 
+# Ranges for installing dmha beside other packages; the exact tested set is
+# constraints.txt (README), written by .ci/refresh-lock. Upper bounds stop at
+# the next major release, which nobody has tested.
 # ONNX export (torch.onnx.export(dynamo=True) needs onnxscript) and ONNX
 # Runtime inference; the lower bounds are the versions tested with torch 2.11.
-EXPORT_REQUIRES = ["onnx>=1.23", "onnxruntime>=1.32", "onnxscript>=0.7"]
+EXPORT_REQUIRES = ["onnx>=1.23,<2", "onnxruntime>=1.32,<2", "onnxscript>=0.7,<1"]
 
 setup(
     name="dmha",
@@ -18,17 +21,18 @@ setup(
     packages=find_packages(include=["dmha_modules", "dmha_modules.*"]),
     python_requires=">=3.11,<3.12",
     install_requires=[
-        # torchaudio 2.11 is the last release; its compiled part loads only
-        # against the same torch, so the two are pinned together.
-        "torch==2.11.*",
-        "torchaudio==2.11.*",
-        "speechbrain==1.1.*",
-        "hyperpyyaml",
-        "soundfile",
-        "numpy",
-        "scipy",
-        "tqdm",
-        "matplotlib",
+        # torchaudio's compiled part loads only against the torch release it
+        # was built for, and its metadata does not say which (2.11.1 accepts
+        # torch 2.11.0 and fails to load beside it): the pair is pinned exactly.
+        "torch==2.11.0",
+        "torchaudio==2.11.0",
+        "speechbrain>=1.1,<1.2",
+        "hyperpyyaml>=1.2,<2",
+        "soundfile>=0.12,<1",
+        "numpy>=1.26,<3",
+        "scipy>=1.11,<2",
+        "tqdm>=4.60,<5",
+        "matplotlib>=3.8,<4",
     ],
     extras_require={
         "export": EXPORT_REQUIRES,
@@ -36,7 +40,8 @@ setup(
         # scikit-learn is the reference for the classification metrics, kaldiio
         # the independent reader of the Kaldi .ark files `dmha embed` writes.
         # The ONNX packages: tests/test_onnx.py and the onnx_export doctests.
-        "test": ["pytest", "librosa", "scikit-learn", "kaldiio"] + EXPORT_REQUIRES,
+        "test": ["pytest>=8", "librosa>=0.10,<1", "scikit-learn>=1.3,<2", "kaldiio>=2.18,<3"]
+        + EXPORT_REQUIRES,
     },
     entry_points={"console_scripts": ["dmha=dmha_modules.cli:main"]},
 )

@@ -35,6 +35,12 @@ import logging
 import os
 import sys
 
+from dmha_modules.environment import require_compiled_dependencies
+
+# Before speechbrain imports torchaudio: a torchaudio built for another torch
+# stops the recipe with one line, not a linker traceback.
+require_compiled_dependencies()
+
 import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import if_main_process, run_on_main

@@ -30,6 +30,12 @@ Example
 import argparse
 import logging
 
+from dmha_modules.environment import require_compiled_dependencies
+
+# Before the verbs import torchaudio (through speechbrain): a torchaudio built
+# for another torch would stop every verb with a linker traceback.
+require_compiled_dependencies()
+
 from dmha_modules.allocator import keep_freed_memory
 from dmha_modules.cli import (
     age,
