@@ -1,11 +1,17 @@
 """The embedding models: front-end, attention pooling and the 400-d embedding block
-(the original's), and Double MHA pooling on ECAPA-TDNN's frame layers."""
+(the original's), ECAPA-TDNN exact on padded batches, and Double MHA pooling on
+ECAPA-TDNN's frame layers."""
 
 import torch
-from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN, BatchNorm1d, Conv1d
+from speechbrain.lobes.models.ECAPA_TDNN import (
+    ECAPA_TDNN,
+    BatchNorm1d,
+    Conv1d,
+    SERes2NetBlock,
+)
 
 from dmha_modules.front_ends import VGG3L, VGG4L, ResNet
-from dmha_modules.masks import frame_mask
+from dmha_modules.masks import frame_mask, relative_to_steps
 from dmha_modules.pooling import AttentionPooling, DoubleMHAPooling, MHAPooling
 
 FRONT_ENDS = {"VGG3L": VGG3L, "VGG4L": VGG4L, "ResNet": ResNet}
@@ -147,6 +153,115 @@ class EmbeddingModel(torch.nn.Module):
         return (embeddings, weights) if return_weights else embeddings
 
 
+def reflection_indices(steps, length, pad):
+    """Time indices ``(B, length + 2 pad)`` that pad each sequence by reflection at its own ends.
+
+    Index ``t`` of a sequence of ``steps[b]`` valid steps reads step ``|t - pad|``
+    reflected at its last valid step, as ``F.pad(mode="reflect")`` pads a
+    sequence alone; indices a valid output never reads are clamped into range.
+
+    Example
+    -------
+    >>> reflection_indices(torch.tensor([4, 3]), 4, 2)
+    tensor([[2, 1, 0, 1, 2, 3, 2, 1],
+            [2, 1, 0, 1, 2, 1, 0, 0]])
+    """
+    index = torch.arange(-pad, length + pad, device=steps.device).abs().unsqueeze(0)
+    last = (steps - 1).unsqueeze(1)
+    return torch.where(index > last, 2 * last - index, index).clamp(0, length - 1)
+
+
+def same_conv(conv, x, steps):
+    """SpeechBrain's "same" ``Conv1d`` on ``(B, C, T)``, each sequence reflect-padded at its end.
+
+    SpeechBrain pads the batch, so a shorter sequence's last outputs would read
+    the padding; here they read the reflection of its own steps, as alone.
+    ``steps`` None: SpeechBrain's own padding.
+    """
+    pad = conv.dilation * (conv.kernel_size - 1) // 2
+    if steps is None or pad == 0:
+        return conv(x)
+    index = reflection_indices(steps, x.shape[-1], pad)
+    return conv.conv(x.gather(2, index.unsqueeze(1).expand(-1, x.shape[1], -1)))
+
+
+def tdnn_block(block, x, steps):
+    """``TDNNBlock.forward`` with :func:`same_conv`."""
+    return block.dropout(block.norm(block.activation(same_conv(block.conv, x, steps))))
+
+
+def se_res2net_block(block, x, steps):
+    """``SERes2NetBlock.forward`` with :func:`same_conv` and the exact mask of ``steps``."""
+    residual = x if block.shortcut is None else block.shortcut(x)
+    x = tdnn_block(block.tdnn1, x, steps)
+    res2net = block.res2net_block
+    outputs = []
+    for i, x_i in enumerate(torch.chunk(x, res2net.scale, dim=1)):
+        if i > 0:
+            x_i = tdnn_block(res2net.blocks[i - 1], x_i if i == 1 else x_i + outputs[-1], steps)
+        outputs.append(x_i)
+    x = tdnn_block(block.tdnn2, torch.cat(outputs, dim=1), steps)
+    return block.se_block(x, speechbrain_lengths(steps, x.shape[-1])) + residual
+
+
+def speechbrain_lengths(steps, length):
+    """Relative lengths whose SpeechBrain mask (``t < lengths * length``) holds ``steps`` steps.
+
+    Half a step short of ``steps``, so rounding error in the product never
+    adds or drops a step. None stays None.
+
+    Example
+    -------
+    >>> speechbrain_lengths(torch.tensor([3]), 7) * 7
+    tensor([2.5000])
+    """
+    return None if steps is None else (steps - 0.5) / length
+
+
+class ExactECAPA(ECAPA_TDNN):
+    """SpeechBrain's ECAPA-TDNN, giving each utterance of a padded batch its embedding alone.
+
+    SpeechBrain's layers pad their "same" convolutions by reflection at the
+    ends of the padded batch, so a shorter utterance's last frames read its
+    padding (worst cosine 0.997 against alone on real speech), and its masks
+    compare ``lengths * T`` unrounded. Here every convolution reflects each
+    utterance at its own end (:func:`same_conv`, a gather instead of the
+    padding copy) and the squeeze-excitation means and the pooling count
+    exactly ``round(lengths * T)`` frames. Same modules and state_dict keys as
+    ``ECAPA_TDNN``; on full-length batches (training crops) the same values.
+
+    Arguments are those of SpeechBrain's ``ECAPA_TDNN``.
+
+    Example
+    -------
+    >>> model = ExactECAPA(80, channels=[32, 32, 32, 32, 96], lin_neurons=16).eval()
+    >>> feats = torch.randn(2, 40, 80)
+    >>> batched = model(torch.cat([feats[:1], feats[1:].masked_fill(
+    ...     torch.arange(40)[:, None] >= 25, 0.0)]), torch.tensor([1.0, 25 / 40]))
+    >>> torch.allclose(batched[1], model(feats[1:, :25])[0], atol=1e-5)
+    True
+    """
+
+    def forward(self, x, lengths=None):
+        """Embeddings ``(B, 1, lin_neurons)`` of features ``(B, T, input_size)``."""
+        steps = None if lengths is None else relative_to_steps(lengths, x.shape[1])
+        x = x.transpose(1, 2)
+        outputs = []
+        for layer in self.blocks:
+            if isinstance(layer, SERes2NetBlock):
+                x = se_res2net_block(layer, x, steps)
+            else:
+                x = tdnn_block(layer, x, steps)
+            outputs.append(x)
+        x = tdnn_block(self.mfa, torch.cat(outputs[1:], dim=1), steps)
+        x = self.asp_bn(self.pool(x, steps))
+        return self.fc(x).transpose(1, 2)
+
+    def pool(self, x, steps):
+        """Attentive statistics of frames ``(B, C, T)`` over their first ``steps``: ``(B, P, 1)``."""
+        return self.asp(x, lengths=speechbrain_lengths(steps, x.shape[-1]))
+
+
 class ChannelsFirstPooling(torch.nn.Module):
     """A ``(B, T, D)`` pooling used on ECAPA-TDNN's channels-first frames ``(B, D, T)``.
 
@@ -171,10 +286,10 @@ class ChannelsFirstPooling(torch.nn.Module):
         return self.pooling(x.transpose(1, 2), lengths).unsqueeze(-1)
 
 
-class ECAPADoubleMHA(ECAPA_TDNN):
+class ECAPADoubleMHA(ExactECAPA):
     """ECAPA-TDNN's frame layers with Double Multi-Head Attention pooling.
 
-    SpeechBrain's ``ECAPA_TDNN`` with its attentive statistics pooling (output
+    :class:`ExactECAPA` (SpeechBrain's ``ECAPA_TDNN``, exact on padded batches) with its attentive statistics pooling (output
     ``2 C``) replaced by :class:`~dmha_modules.pooling.DoubleMHAPooling` over
     the ``C = channels[-1]`` channels of its multi-layer aggregation (output
     ``C / heads``), then ECAPA's BatchNorm and linear layer to ``lin_neurons``:
@@ -210,3 +325,7 @@ class ECAPADoubleMHA(ECAPA_TDNN):
         self.asp = ChannelsFirstPooling(pooling)
         self.asp_bn = BatchNorm1d(input_size=pooling.output_size)
         self.fc = Conv1d(in_channels=pooling.output_size, out_channels=lin_neurons, kernel_size=1)
+
+    def pool(self, x, steps):
+        """Double MHA pooling of frames ``(B, C, T)`` over their first ``steps``: ``(B, P, 1)``."""
+        return self.asp(x, None if steps is None else steps / x.shape[-1])

@@ -205,23 +205,28 @@ def test_time_collapsed_resnet_averages_over_time_and_frequency():
 
 
 def test_ecapa_double_mha_pools_ecapa_frames_with_double_mha():
-    # Reference: ECAPA-TDNN's frame layers and aggregation run by hand, then the
-    # Double MHA pooling of the paper, ECAPA's BatchNorm and linear layer.
+    # Reference: ECAPA-TDNN's frame layers and aggregation run by hand on each
+    # utterance alone (SpeechBrain's own padding at its ends), then the Double MHA
+    # pooling of the paper, ECAPA's BatchNorm and linear layer. The padded
+    # utterance's frames past its end are noise: they must not count.
     torch.manual_seed(0)
     model = ECAPADoubleMHA(channels=[32, 32, 32, 32, 96], lin_neurons=16, heads=4).eval()
     randomise_batch_norms(model)
     feats, lengths = torch.randn(2, 60, 80), torch.tensor([1.0, 0.5])
+    expected = []
     with torch.no_grad():
-        x = feats.transpose(1, 2)
-        outputs = []
-        for layer in model.blocks:
-            x = layer(x, lengths=lengths) if outputs else layer(x)
-            outputs.append(x)
-        frames = model.mfa(torch.cat(outputs[1:], dim=1))
-        pooled = model.asp.pooling(frames.transpose(1, 2), lengths)
-        expected = model.fc(model.asp_bn(pooled.unsqueeze(-1))).transpose(1, 2)
+        for row, frames_alone in zip(feats, (60, 30)):
+            x = row[None, :frames_alone].transpose(1, 2)
+            outputs = []
+            for layer in model.blocks:
+                x = layer(x)
+                outputs.append(x)
+            frames = model.mfa(torch.cat(outputs[1:], dim=1))
+            pooled = model.asp.pooling(frames.transpose(1, 2))
+            expected.append(model.fc(model.asp_bn(pooled.unsqueeze(-1))).transpose(1, 2))
+        expected = torch.cat(expected)
         embeddings = model(feats, lengths)
-    assert pooled.shape == (2, 96 // 4)
+    assert pooled.shape == (1, 96 // 4)
     torch.testing.assert_close(embeddings, expected)
     assert embeddings.shape == (2, 1, 16)
     assert isinstance(model.asp.pooling, DoubleMHAPooling)
