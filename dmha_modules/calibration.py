@@ -19,9 +19,12 @@ statistics (``centre``, ``score_stats``; see :mod:`dmha_modules.list_norm`).
 """
 
 import dataclasses
+import hashlib
 import json
+import logging
 import math
 import os
+import re
 
 import numpy as np
 from scipy.optimize import minimize
@@ -30,6 +33,8 @@ from scipy.special import expit, logit
 from dmha_modules.atomic import write_atomic
 from dmha_modules.cllr import labelled_trials
 from dmha_modules.metrics import as_numpy
+
+logger = logging.getLogger(__name__)
 
 CALIBRATION_FILE = "calibration.json"
 FORMAT = "dmha-calibration/1"
@@ -228,6 +233,10 @@ class Calibration:
         ``[mean, sd]`` of the development list's cosines between all pairs of
         its files when the map takes cosines standardised by their list's
         (see ``scoring_stats``); None when it takes them as they are.
+    embedding_model_sha256 : str, optional
+        The fingerprint (:func:`embedding_model_sha256`) of the embedding
+        model it was fitted on; None in calibrations written before it was
+        recorded.
 
     Example
     -------
@@ -247,6 +256,7 @@ class Calibration:
     development: dict = dataclasses.field(default_factory=dict)
     centre: list = None
     score_stats: list = None
+    embedding_model_sha256: str = None
 
     def llrs(self, scores, seconds=None):
         """LLRs ``(N,)`` of cosine scores ``(N,)`` (and ``(N, 2)`` durations for ``duration``)."""
@@ -336,32 +346,157 @@ def save_calibration(calibration, folder):
     return write_atomic(path, lambda out: out.write(json.dumps(content, indent=2) + "\n"))
 
 
+# What a calibration.json holds: the keys Calibration has, and format and score.
+KEYS = {"format", "score", *(field.name for field in dataclasses.fields(Calibration))}
+# Largest magnitude of a stored number: an LLR of a million nats is certainty far beyond any
+# development list, so a larger weight, offset or threshold is a broken file, not a fit.
+MAX_MAGNITUDE = 1e6
+
+
+def _finite(value, name, low=-MAX_MAGNITUDE, high=MAX_MAGNITUDE):
+    """``value`` as a float when it is a number in ``[low, high]`` (a boolean is not one)."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or not low <= value <= high):
+        raise ValueError(f"{name} must be a finite number in [{low:g}, {high:g}], got {value!r}")
+    return float(value)
+
+
+def _rate(value, name):
+    """``value`` as a float when it is a number strictly between 0 and 1."""
+    if _finite(value, name, 0.0, 1.0) in (0.0, 1.0):
+        raise ValueError(f"{name} must be in (0, 1), got {value!r}")
+    return float(value)
+
+
+def _numbers(values, name, size=None):
+    """A list of finite numbers (of ``size`` when given, else at least one), or None."""
+    if values is None:
+        return None
+    if not isinstance(values, list) or not values or (size and len(values) != size):
+        raise ValueError(f"{name} must be a list of {size or 'one or more'} numbers, "
+                         f"got {values!r}")
+    return [_finite(value, f"{name}[{i}]") for i, value in enumerate(values)]
+
+
+def _parsed(content):
+    """The ``Calibration`` of a ``calibration.json``'s content; a ValueError says what is wrong."""
+    unknown = sorted(set(content) - KEYS)
+    missing = [key for key in ("weights", "offset", "threshold") if key not in content]
+    if unknown or missing:
+        raise ValueError("; ".join([f"missing {', '.join(missing)}"] * bool(missing) + [
+            f"unknown keys {unknown} (known: {sorted(KEYS)})"] * bool(unknown)))
+    if content.get("score", "cosine") != "cosine":
+        raise ValueError(f"score {content['score']!r}: a dmha calibration maps 'cosine' scores")
+    quality = content.get("quality", [])
+    if (not isinstance(quality, list) or len(set(map(str, quality))) != len(quality)
+            or not all(isinstance(name, str) and name in QUALITY_TERMS for name in quality)):
+        raise ValueError(f"quality must be a list of distinct {sorted(QUALITY_TERMS)}, "
+                         f"got {quality!r}")
+    terms = ["score", *(term for name in quality for term in QUALITY_TERMS[name])]
+    weights = content["weights"]
+    if not isinstance(weights, dict) or sorted(weights) != sorted(terms):
+        given = sorted(weights) if isinstance(weights, dict) else weights
+        raise ValueError(f"weights must have exactly the keys {terms} (the score and the "
+                         f"terms of quality {quality}), got {given!r}")
+    point = content.get("operating_point")
+    if point is not None and (not isinstance(point, dict) or len(point) != 1
+                              or not set(point) <= {"target_far", "p_target"}):
+        raise ValueError("operating_point must be {\"target_far\": x} or {\"p_target\": p}, "
+                         f"got {point!r}")
+    development = content.get("development", {})
+    if not isinstance(development, dict):
+        raise ValueError(f"development must be an object, got {development!r}")
+    fingerprint = content.get("embedding_model_sha256")
+    if fingerprint is not None and not (isinstance(fingerprint, str)
+                                        and re.fullmatch("[0-9a-f]{64}", fingerprint)):
+        raise ValueError(f"embedding_model_sha256 must be 64 hex digits, got {fingerprint!r}")
+    stats = _numbers(content.get("score_stats"), "score_stats", size=2)
+    if stats is not None and stats[1] <= 0:
+        raise ValueError(f"score_stats must be [mean, sd] with sd > 0, got {stats}")
+    return Calibration(
+        weights={name: _finite(weights[name], f"weights.{name}") for name in terms},
+        offset=_finite(content["offset"], "offset"), quality=quality,
+        prior=_rate(content.get("prior", 0.5), "prior"),
+        threshold=_finite(content["threshold"], "threshold"),
+        operating_point=point and {key: _rate(value, f"operating_point.{key}")
+                                   for key, value in point.items()},
+        development=development, centre=_numbers(content.get("centre"), "centre"),
+        score_stats=stats, embedding_model_sha256=fingerprint,
+    )
+
+
 def _checked(content, path):
-    """A ``calibration.json``'s content as a ``Calibration``; a ValueError naming the problem."""
+    """A ``calibration.json``'s content as a ``Calibration``; a ValueError naming ``path``.
+
+    Every key is known and of its type (a boolean is not a number), every
+    number finite and within ``MAX_MAGNITUDE``, the weights exactly those of
+    the score and the quality terms.
+    """
     if not isinstance(content, dict) or content.get("format") != FORMAT:
         raise ValueError(f"{path}: not a dmha calibration (expected \"format\": \"{FORMAT}\")")
-    fields = {field.name for field in dataclasses.fields(Calibration)}
     try:
-        calibration = Calibration(**{k: v for k, v in content.items() if k in fields})
-        names = ["score", *(term for name in calibration.quality for term in QUALITY_TERMS[name])]
-        numbers = [calibration.weights[name] for name in names] + [calibration.offset,
-                                                                   calibration.threshold]
-        calibration.point_name()
-    except (TypeError, KeyError, ValueError) as error:
-        problem = f"{type(error).__name__}: {error}"
-        raise ValueError(f"{path}: not a valid calibration ({problem})") from None
-    if calibration.centre is not None:
-        numbers += calibration.centre if isinstance(calibration.centre, list) else [None]
-    if calibration.score_stats is not None:
-        stats = calibration.score_stats
-        if not (isinstance(stats, list) and len(stats) == 2 and isinstance(stats[1], (int, float))
-                and stats[1] > 0):
-            raise ValueError(f"{path}: score_stats must be [mean, sd] with sd > 0")
-        numbers += stats
-    if not all(isinstance(n, (int, float)) and math.isfinite(n) for n in numbers):
-        raise ValueError(f"{path}: weights, offset, threshold, centre and score_stats must be "
-                         "finite numbers")
-    return calibration
+        return _parsed(content)
+    except ValueError as error:
+        raise ValueError(f"{path}: not a valid calibration: {error}") from None
+
+
+def embedding_model_sha256(folder):
+    """The fingerprint of a model folder's embedding model: SHA-256 of its weights.
+
+    Over the tensors of ``embedding_model.ckpt`` (read as tensors only, see
+    :func:`dmha_modules.model_safety.read_checkpoint`), in key order: each
+    key, dtype, shape and bytes. It depends on the weights, not on how the
+    file was written, so a re-exported folder of the same model keeps it.
+
+    Arguments
+    ---------
+    folder : str
+        A model folder.
+
+    Returns
+    -------
+    str
+        64 hex digits.
+
+    Raises
+    ------
+    ModelFolderError
+        The checkpoint is missing, unreadable or not a state dict; the message names it.
+    """
+    import torch  # only where a checkpoint is read
+
+    from dmha_modules.model_safety import ModelFolderError, read_checkpoint
+
+    path = os.path.join(folder, "embedding_model.ckpt")
+    if not os.path.isfile(path):
+        raise ModelFolderError([f"{path}: no such file (a calibration names the embedding "
+                                "model it was fitted on)"])
+    state = read_checkpoint(path)
+    if not isinstance(state, dict) or not all(
+            isinstance(value, torch.Tensor) for value in state.values()):
+        raise ModelFolderError([f"{path}: not a state dict of tensors"])
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{key}\0{tensor.dtype}\0{tuple(state[key].shape)}\0".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _check_model(calibration, folder, path):
+    """Refuses ``calibration`` (from ``path``) unless fitted on ``folder``'s embedding model."""
+    if calibration.embedding_model_sha256 is None:
+        logger.warning(
+            "WARNING: %s does not record the model it was fitted on (written before dmha "
+            "recorded it), so it cannot be checked against %s; if that model has changed "
+            "since, its LLRs and decisions are wrong: run dmha calibrate again", path, folder)
+        return
+    found = embedding_model_sha256(folder)
+    if found != calibration.embedding_model_sha256:
+        raise ValueError(
+            f"{path}: fitted on another embedding model (sha256 "
+            f"{calibration.embedding_model_sha256[:12]}..., this folder's embedding_model.ckpt "
+            f"is {found[:12]}...); its LLRs would be wrong: run dmha calibrate again")
 
 
 def load_calibration(folder):
@@ -379,7 +514,10 @@ def load_calibration(folder):
     Raises
     ------
     ValueError
-        A ``calibration.json`` that is not valid; the message names it.
+        A ``calibration.json`` that is not valid, or that was fitted on
+        another embedding model than the folder's (see
+        :func:`embedding_model_sha256`); the message names it. One that
+        does not record its model is loaded with a warning.
 
     Example
     -------
@@ -398,6 +536,10 @@ def load_calibration(folder):
     with open(path, encoding="utf-8") as file:
         try:
             content = json.load(file)
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path}: not readable JSON (not UTF-8 text: {error})") from None
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}: not readable JSON ({error})") from None
-    return _checked(content, path)
+    calibration = _checked(content, path)
+    _check_model(calibration, folder, path)
+    return calibration

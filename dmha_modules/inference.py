@@ -38,11 +38,25 @@ from speechbrain.inference.classifiers import EncoderClassifier
 from tqdm import tqdm
 
 from dmha_modules.audio import AudioError, audio_info, read_checked_audio, resample
-from dmha_modules.model_safety import ModelFolderError, check_hyperparams, checkpoint_problems
+from dmha_modules.model_safety import (
+    ModelFolderError,
+    check_finite,
+    check_hyperparams,
+    checkpoint_problems,
+)
 
 logger = logging.getLogger(__name__)
 
 MIN_SECONDS = 0.25
+# Years are clipped to the training ages' range a model folder records (``years_range``);
+# folders without one (imported, or written before it was recorded) to this stated range.
+YEARS_RANGE = (0.0, 100.0)
+# Age models are trained on 3 s crops and calibrated on whole validation utterances of a few
+# seconds; taken whole, a 10-minute file got -31 years. Longer files are cut into the fewest
+# equal chunks of at most this length, and their embedding is the chunks' mean.
+AGE_CHUNK_SECONDS = 10.0
+# Chunks embedded at once: 120 s of audio, the default --batch_seconds.
+CHUNKS_PER_BATCH = 12
 
 
 def load_utterance(path, sample_rate, min_seconds=MIN_SECONDS):
@@ -301,7 +315,8 @@ class DMHAClassifier(EncoderClassifier):
     Loads any dmha model folder: ``DMHAClassifier.from_hparams(source=folder)``,
     refusing one whose ``hyperparams.yaml`` would run code a dmha model folder
     never runs (``UnsafeModelError``) unless ``trust_model=True``; a file
-    that fails to load is named in a ``ModelFolderError``.
+    that fails to load, or whose weights hold NaN or infinity, is named in a
+    ``ModelFolderError``.
 
     Example
     -------
@@ -320,12 +335,17 @@ class DMHAClassifier(EncoderClassifier):
         if not trust_model:
             check_hyperparams(path, overrides)
         try:
-            return super().from_hparams(
+            loaded = super().from_hparams(
                 source, hparams_file=hparams_file, overrides=overrides or {}, **kwargs
             )
         except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
             problems = checkpoint_problems(source, error)
             raise ModelFolderError(problems) from error
+        for name, module in loaded.mods.items():  # the pretrainer loads <name>.ckpt into each
+            checkpoint = os.path.join(source, f"{name}.ckpt")
+            if os.path.exists(checkpoint):
+                check_finite(module.state_dict(), checkpoint)
+        return loaded
 
     def encode_batch(self, wavs, wav_lens=None, normalize=False):
         """Embeddings ``(B, 1, E)`` of padded waveforms ``(B, samples)`` at the model's rate."""
@@ -376,6 +396,13 @@ class AgeClassifier(DMHAClassifier):
     both. Models with a gender head add ``gender`` and ``gender_probability``
     (None without).
 
+    Years are clipped to ``years_range`` (the training ages' range the
+    folder records, else ``YEARS_RANGE``), and so is the interval, which
+    holds them: ``low <= years <= high``. A file longer than
+    ``AGE_CHUNK_SECONDS`` is cut into the fewest equal chunks of at most
+    that length, each embedded as a short file, and its embedding is their
+    mean (the years head is linear, so its years are the chunks' mean years).
+
     Example
     -------
     >>> ages = AgeClassifier.from_hparams(source=folder)  # doctest: +SKIP
@@ -390,6 +417,11 @@ class AgeClassifier(DMHAClassifier):
         """Age group names in class order."""
         encoder = self.hparams.label_encoder
         return [encoder.ind2lab[i] for i in range(len(encoder))]
+
+    @property
+    def years_range(self):
+        """``(low, high)`` that years are clipped to (see the class)."""
+        return tuple(getattr(self.hparams, "years_range", None) or YEARS_RANGE)
 
     @property
     def interval_half_width(self):
@@ -417,6 +449,8 @@ class AgeClassifier(DMHAClassifier):
         elif self.hparams.group_centres:
             centres = torch.tensor(self.hparams.group_centres, device=probabilities.device)
             years = (probabilities @ centres).cpu()
+        if years is not None:
+            years = years.clamp(*self.years_range)
         age = {
             "groups": [self.groups[i] if i >= 0 else None for i in self.decide(scores, probabilities)],
             "probabilities": group_posteriors(
@@ -445,10 +479,33 @@ class AgeClassifier(DMHAClassifier):
 
         return decide(scores, decision).tolist()
 
+    def embed(self, wavs, lengths):
+        """Embeddings ``(B, E)`` of a padded batch, long files by chunks (see the class)."""
+        longest = int(AGE_CHUNK_SECONDS * self.hparams.sample_rate)
+        lengths = torch.ones(len(wavs)) if lengths is None else lengths.cpu()
+        samples = (lengths * wavs.shape[1]).round().long().tolist()
+        whole = super().embed
+        if max(samples) <= longest:
+            return whole(wavs, lengths)
+        embeddings = [None] * len(wavs)
+        short = [i for i, n in enumerate(samples) if n <= longest]
+        if short:
+            width = max(samples[i] for i in short)
+            relative = torch.tensor([samples[i] / width for i in short])
+            for i, embedding in zip(short, whole(wavs[short, :width], relative)):
+                embeddings[i] = embedding
+        for i, n in enumerate(samples):
+            if n > longest:
+                count = -(-n // longest)
+                chunks = wavs[i, : count * (n // count)].reshape(count, n // count)
+                embeddings[i] = torch.cat([whole(part, None) for part in
+                                           chunks.split(CHUNKS_PER_BATCH)]).mean(dim=0)
+        return torch.stack(embeddings)
+
     def classify_age_batch(self, wavs, wav_lens=None):
         """``age_from_embeddings`` of a padded batch of waveforms at the model's rate."""
         with torch.inference_mode():
-            return self.age_from_embeddings(self.encode_batch(wavs, wav_lens)[:, 0])
+            return self.age_from_embeddings(self.embed(wavs, wav_lens))
 
     def age_of_embedding(self, embedding):
         """Age of one embedding ``(E,)``: ``group``, ``probabilities`` (name -> p), ``years``,
@@ -462,7 +519,8 @@ class AgeClassifier(DMHAClassifier):
             "group": age["groups"][0],
             "probabilities": dict(zip(self.groups, age["probabilities"][0].tolist())),
             "years": years,
-            "years_interval": (max(years - width, 0.0), years + width) if known else None,
+            "years_interval": ((max(years - width, self.years_range[0]),
+                                min(years + width, self.years_range[1])) if known else None),
             "interval_coverage": self.hparams.interval_coverage if known else None,
             "gender": age["genders"][0] if "genders" in age else None,
             "gender_probability": (float(age["gender_probabilities"][0])

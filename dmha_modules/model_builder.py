@@ -220,25 +220,30 @@ def gender_classes(hparams):
 def age_decoding_of(group_loss, ages):
     """How an age model's scores become group probabilities and years (see ``build_model``).
 
+    ``years_range`` is the training ages' ``[min, max]``, which predicted
+    years are clipped to (``AgeClassifier``).
+
     Example
     -------
     >>> age_decoding_of(None, {0: [8.0, 10.0], 1: []})
-    {'group_posteriors': 'softmax', 'score_scale': 1.0, 'group_centres': [9.0, 9.0]}
+    {'group_posteriors': 'softmax', 'score_scale': 1.0, 'group_centres': [9.0, 9.0], 'years_range': [8.0, 10.0]}
     >>> age_decoding_of(None, {0: [], 1: []})["group_centres"] is None  # no ages in years
     True
     """
     all_ages = [age for group in ages.values() for age in group]
-    centres = None
-    if all_ages:
-        overall = float(np.mean(all_ages))
-        centres = [float(np.mean(ages[i])) if ages[i] else overall for i in sorted(ages)]
-    return {
+    decoding = {
         "group_posteriors": (
             "ordinal" if isinstance(group_loss, OrdinalRegressionLoss) else "softmax"
         ),
         "score_scale": float(getattr(group_loss, "scale", 1.0)),
-        "group_centres": centres,
+        "group_centres": None,
     }
+    if all_ages:
+        overall = float(np.mean(all_ages))
+        decoding["group_centres"] = [float(np.mean(ages[i])) if ages[i] else overall
+                                     for i in sorted(ages)]
+        decoding["years_range"] = [float(min(all_ages)), float(max(all_ages))]
+    return decoding
 
 
 def build_model(hparams, label_encoder):
@@ -268,7 +273,8 @@ def build_model(hparams, label_encoder):
         Age task: ``group_posteriors`` ("softmax" or "ordinal"),
         ``score_scale`` and ``group_centres`` (mean training age per class; a
         group absent from training gets the mean of all; empty when the
-        manifests have no ages in years) and, with a gender head,
+        manifests have no ages in years), ``years_range`` (the training ages'
+        ``[min, max]``, with ages in years) and, with a gender head,
         ``gender_classes``, as model folders keep them.
     """
     counts, ages = train_statistics(hparams, label_encoder)

@@ -28,7 +28,7 @@ from dmha_modules.model_builder import (
     make_label_encoder,
     read_manifest,
 )
-from dmha_modules.model_safety import check_hyperparams, read_checkpoint
+from dmha_modules.model_safety import check_finite, check_hyperparams, read_checkpoint
 
 MODEL_CHECKPOINTS = ("embedding_model", "classifier", "age_head", "gender_head")
 # An age experiment's calibration on its validation speakers, in its output folder.
@@ -257,6 +257,9 @@ def write_model_folder(
     >>> cosine > 0.9999, sorted(os.listdir(folder))[:3]
     (True, ['classifier.ckpt', 'embedding_model.ckpt', 'hyperparams.yaml'])
     """
+    for name in MODEL_CHECKPOINTS:  # before any work: a NaN model is never written
+        if name in modules:
+            check_finite(modules[name].state_dict(), os.path.join(folder, f"{name}.ckpt"))
     card = card or {}
     with atomic_paths(folder) as (tmp,):
         os.makedirs(tmp)

@@ -255,6 +255,43 @@ def check_hyperparams(path, overrides=None):
 
 
 
+def check_finite(state, path):
+    """Refuses weights holding NaN or infinity: such a model embeds everything as NaN.
+
+    Arguments
+    ---------
+    state : dict
+        A state dict (name -> tensor); other values are left alone.
+    path : str
+        The checkpoint file the weights come from or go to, for the message.
+
+    Raises
+    ------
+    ModelFolderError
+        Naming ``path`` and every tensor that is not finite.
+
+    Example
+    -------
+    >>> import torch
+    >>> check_finite({"w": torch.ones(2), "b": torch.tensor([1.0, float("nan")])}, "m/a.ckpt")
+    Traceback (most recent call last):
+    ...
+    dmha_modules.model_safety.ModelFolderError: m/a.ckpt: refused: tensor b holds 1 NaN or infinite value of 2 (a broken model: its outputs would be NaN)
+    """
+    import torch  # only where weights are checked
+
+    problems = []
+    for name, tensor in state.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                problems.append(f"{path}: refused: tensor {name} holds {bad} NaN or infinite "
+                                f"value{'s' * (bad > 1)} of {tensor.numel()} (a broken model: "
+                                "its outputs would be NaN)")
+    if problems:
+        raise ModelFolderError(problems)
+
+
 def read_checkpoint(path):
     """A checkpoint's contents, read with ``torch.load`` as tensors only.
 
@@ -271,8 +308,9 @@ def read_checkpoint(path):
     Raises
     ------
     ModelFolderError
-        Naming ``path``: truncated, corrupt, or holding pickled objects other
-        than tensors (which could run code, so they are refused).
+        Naming ``path``: truncated, corrupt, holding pickled objects other
+        than tensors (which could run code, so they are refused), or
+        weights that are not finite (:func:`check_finite`).
 
     Example
     -------
@@ -286,7 +324,7 @@ def read_checkpoint(path):
     import torch  # only where checkpoints are read
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        contents = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise ModelFolderError([f"{path}: refused: it holds pickled objects other than "
                                 "tensors, which could run code"]) from None
@@ -295,6 +333,9 @@ def read_checkpoint(path):
         raise ModelFolderError(
             [f"{path}: not a readable checkpoint (truncated or corrupt: {first_line})"]
         ) from None
+    if isinstance(contents, dict):
+        check_finite(contents, path)
+    return contents
 
 
 def checkpoint_problems(folder, error):

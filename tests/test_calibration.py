@@ -280,21 +280,22 @@ def test_calibration_json_round_trip(tmp_path):
         ('{"format": "dmha-calibration/1", "offset": 0, "threshold": 1}',
          "not a valid calibration"),
         ('{"format": "dmha-calibration/1", "weights": {"score": 1}, "offset": 0, '
-         '"threshold": 1, "quality": ["duration"]}', "KeyError: 'log_shorter_seconds'"),
+         '"threshold": 1, "quality": ["duration"]}', "weights must have exactly the keys ['score', "
+         "'log_shorter_seconds', 'log_longer_seconds']"),
         ('{"format": "dmha-calibration/1", "weights": {"score": "1"}, "offset": 0, '
-         '"threshold": 1}', "must be finite numbers"),
+         '"threshold": 1}', "weights.score must be a finite number"),
         ('{"format": "dmha-calibration/1", "weights": {"score": 1}, "offset": 0, '
-         '"threshold": null}', "must be finite numbers"),
+         '"threshold": null}', "threshold must be a finite number"),
         ('{"format": "dmha-calibration/1", "weights": {"score": 1}, "offset": 0, '
-         '"threshold": 1, "centre": [0.5, NaN]}', "must be finite numbers"),
+         '"threshold": 1, "centre": [0.5, NaN]}', "centre[1] must be a finite number"),
         ('{"format": "dmha-calibration/1", "weights": {"score": 1}, "offset": 0, '
-         '"threshold": 1, "centre": "0.5"}', "must be finite numbers"),
+         '"threshold": 1, "centre": "0.5"}', "centre must be a list of one or more numbers"),
         ('{"format": "dmha-calibration/1", "weights": {"score": 1}, "offset": 0, '
          '"threshold": 1, "score_stats": [0.1, 0]}', "score_stats must be [mean, sd] with sd > 0"),
         ('{"format": "dmha-calibration/1", "weights": {"score": 1}, "offset": 0, '
-         '"threshold": 1, "score_stats": [0.1]}', "score_stats must be [mean, sd] with sd > 0"),
+         '"threshold": 1, "score_stats": [0.1]}', "score_stats must be a list of 2 numbers"),
         ('{"format": "dmha-calibration/1", "weights": {"score": 1}, "offset": 0, '
-         '"threshold": 1, "score_stats": [NaN, 0.2]}', "must be finite numbers"),
+         '"threshold": 1, "score_stats": [NaN, 0.2]}', "score_stats[0] must be a finite number"),
     ],
 )
 def test_a_bad_calibration_json_is_named(tmp_path, text, words):

@@ -7,7 +7,9 @@ calibration, which the summary says) and, for models with a gender head,
 ``gender, p_gender`` (the probability of that gender). ``age_years`` is
 empty for models trained without ages in years, ``age_group`` where an
 imported ordinal model's rule reaches no group; bad files are reported and
-left out.
+left out. Years and their interval are clipped to the model's training ages,
+and a file longer than 10 s is taken as the mean embedding of its chunks (see
+:class:`dmha_modules.inference.AgeClassifier`).
 """
 
 import csv

@@ -21,6 +21,7 @@ import numpy as np
 from dmha_modules.calibration import (
     CALIBRATION_FILE,
     QUALITY_TERMS,
+    embedding_model_sha256,
     fit_calibration,
     save_calibration,
 )
@@ -31,10 +32,15 @@ from dmha_modules.cli.options import add_command, batching_options, model_option
 from dmha_modules.cli.score import embed_trials, print_metrics, read_trial_paths
 from dmha_modules.list_norm import pairwise_cosine_stats
 from dmha_modules.metrics import cosine_scores, rates_at_threshold, verification_metrics
+from dmha_modules.trials import read_trials
 
 PLOT_FILE = "calibration_det.png"
 CENTRINGS = ("mean", "none")
 STANDARDISINGS = ("list", "none")
+# Fewest distinct target and non-target trials per weight of the map: the ten events per
+# variable of logistic regression (Peduzzi et al. 1996); fewer let a handful of trials fix
+# a map that calls two strangers the same speaker.
+TRIALS_PER_WEIGHT = 10
 
 
 def register(commands):
@@ -73,25 +79,76 @@ def register(commands):
            "calibrations before standardising")
     option(parser, "prior", type=float, default=0.5,
            help="effective target prior of the logistic-regression objective")
+    option(parser, "min_trials", type=int,
+           help=f"fewest distinct target and fewest distinct non-target trials to fit on "
+           f"(default {TRIALS_PER_WEIGHT} per weight of the map: {TRIALS_PER_WEIGHT} for the "
+           f"score alone, {3 * TRIALS_PER_WEIGHT} with --quality duration)")
     option(parser, "plot", help=f"PNG of the DET curve with the operating point (default: "
            f"{PLOT_FILE} in the model folder)")
     batching_options(parser)
 
 
+def _minimum_trials(args):
+    """The fewest distinct target and non-target trials: ``--min_trials`` or 10 per weight."""
+    if args.min_trials is None:
+        weights = 1 + sum(len(QUALITY_TERMS[name]) for name in [args.quality] if name)
+        return TRIALS_PER_WEIGHT * weights
+    if args.min_trials < 1:
+        raise ValueError(f"--min_trials must be at least 1, got {args.min_trials}")
+    return args.min_trials
+
+
+def _check_counts(labels, minimum, args, what):
+    """Refuses fewer than ``minimum`` target or non-target ``labels`` (0/1) of ``what``."""
+    n_target, n_nontarget = int(sum(labels)), len(labels) - int(sum(labels))
+    if min(n_target, n_nontarget) < minimum:
+        raise InputError(
+            f"{args.trials}: {n_target} target and {n_nontarget} non-target {what}; "
+            f"calibration needs at least {minimum} of each ({TRIALS_PER_WEIGHT} per weight of "
+            "the map; --min_trials sets another minimum)")
+
+
+def _distinct_trials(trials, args):
+    """The trials, each pair once; self-pairs and contradictions refused with their lines.
+
+    A cosine is symmetric, so ``a b`` and ``b a`` are the same trial.
+    """
+    numbers = [number for number, *_ in read_trials(args.trials)[0]]
+    seen, distinct, problems = {}, [], []
+    for number, (enrol, test, label) in zip(numbers, trials):
+        pair = tuple(sorted(os.path.normpath(path) for path in (enrol, test)))
+        if pair[0] == pair[1]:
+            problems.append(f"{args.trials}:{number}: {enrol} is paired with itself; a "
+                            "calibration needs trials of two different files")
+        elif pair not in seen:
+            seen[pair] = (number, label)
+            distinct.append((enrol, test, label))
+        elif seen[pair][1] != label:
+            problems.append(f"{args.trials}:{number}: contradicts line {seen[pair][0]}: "
+                            f"{enrol} and {test} labelled {label} here, {seen[pair][1]} there")
+    if problems:
+        raise InputError(*problems)
+    if len(distinct) < len(trials):
+        print(f"{args.trials}: {len(trials) - len(distinct)} repeated trials (the same pair, "
+              "either way round) counted once")
+    return distinct
+
+
 def _labelled_trials(args):
-    """The development trials, refused unless labelled with both kinds (options checked first)."""
+    """The distinct development trials, refused unless labelled with enough of both kinds
+    (options checked first)."""
     for name in ("target_far", "p_target", "prior"):
         value = getattr(args, name)
         if value is not None and not 0 < value < 1:
             raise ValueError(f"--{name} must be in (0, 1), got {value}")
+    minimum = _minimum_trials(args)
     trials = read_trial_paths(args.trials, args.data_root)
-    labels = [label for *_, label in trials]
-    if labels[0] is None:
+    if trials[0][2] is None:
         raise InputError(f"{args.trials}: calibration needs a labelled trial list "
                          "('label enrol test' or 'enrol test target|nontarget')")
-    if len(set(labels)) < 2:
-        raise InputError(f"{args.trials}: calibration needs target and non-target trials")
-    return trials
+    trials = _distinct_trials(trials, args)
+    _check_counts([label for *_, label in trials], minimum, args, "trials")
+    return trials, minimum
 
 
 def _calibrated(scores, labels, seconds, centre, stats, args):
@@ -125,13 +182,11 @@ def run(args):
     plot = args.plot or os.path.join(args.model, PLOT_FILE)
     for path in (out, plot):
         check_writable(path, parent_must_exist=True)
-    trials = _labelled_trials(args)
+    trials, minimum = _labelled_trials(args)
     with load_model(args.model, args.device, trust_model=args.trust_model) as model:
         kept, embeddings, pairs = embed_trials(model, trials, args)
     labels = np.array([label for *_, label in kept])
-    if len(set(labels.tolist())) < 2:
-        raise InputError(f"{args.trials}: too few trials left of files that could be read: "
-                         f"{int(labels.sum())} target, {int((labels == 0).sum())} non-target")
+    _check_counts(labels.tolist(), minimum, args, "trials left of files that could be read")
     centre = embeddings.nanmean(dim=0) if args.centring == "mean" else None  # NaN: failed files
     if centre is not None:
         embeddings = embeddings - centre
@@ -145,6 +200,7 @@ def run(args):
         scores = (scores - stats[0]) / stats[1]
     seconds = trial_seconds(kept) if args.quality else None
     calibration, llrs = _calibrated(scores, labels, seconds, centre, stats, args)
+    calibration.embedding_model_sha256 = embedding_model_sha256(args.model)
     save_calibration(calibration, args.model)
     from dmha_modules.plots import plot_verification_scores  # matplotlib: slow to import
 

@@ -26,7 +26,7 @@ def model_verbs(models, audio, tmp_path):
     """Every verb that loads a model folder: name -> (source model, args after --model)."""
     wav = audio / "spk1/a.wav"
     trials = tmp_path / "trials.txt"
-    trials.write_text("1 spk1/a.wav spk1/a.wav\n0 spk1/a.wav spk2/c.wav\n", encoding="utf-8")
+    trials.write_text("1 spk1/a.wav spk1/b.flac\n0 spk1/a.wav spk2/c.wav\n", encoding="utf-8")
     return {
         "embed": ("speaker", ["--out", tmp_path / "e.npz", "--no_progress", wav]),
         "age": ("age", ["--out", tmp_path / "ages.csv", "--no_progress", wav]),
@@ -35,7 +35,7 @@ def model_verbs(models, audio, tmp_path):
                               tmp_path / "scores.txt", "--no_progress"]),
         "export": ("speaker", ["--onnx"]),
         "calibrate": ("speaker", ["--trials", trials, "--data_root", audio, "--p_target",
-                                  "0.01", "--no_progress"]),
+                                  "0.01", "--min_trials", "1", "--no_progress"]),
     }
 
 
