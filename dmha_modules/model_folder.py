@@ -210,7 +210,10 @@ def write_model_folder(
     Arguments
     ---------
     folder : str
-        Where the folder goes (replaced if it exists, only once the new one checks out).
+        Where the folder goes: a new path, an empty folder or a model folder dmha
+        wrote, replaced only once the new one checks out, keeping its
+        ``calibration.json`` and ``embedding.onnx`` (see
+        :mod:`dmha_modules.model_folder_replace`); any other folder is a ``ValueError``.
     modules : dict
         ``compute_features``, ``mean_var_norm``, ``embedding_model``,
         ``classifier`` and optionally ``age_head`` and ``gender_head``
@@ -257,10 +260,15 @@ def write_model_folder(
     >>> cosine > 0.9999, sorted(os.listdir(folder))[:3]
     (True, ['classifier.ckpt', 'embedding_model.ckpt', 'hyperparams.yaml'])
     """
+    from dmha_modules.model_folder_replace import Replacement  # it imports this module
+
     for name in MODEL_CHECKPOINTS:  # before any work: a NaN model is never written
         if name in modules:
             check_finite(modules[name].state_dict(), os.path.join(folder, f"{name}.ckpt"))
     card = card or {}
+    hyperparams = model_hyperparams(modules, embedding, task, age_decoding,
+                                    verification_threshold)
+    replacement = Replacement(folder, hyperparams, modules["embedding_model"])
     with atomic_paths(folder) as (tmp,):
         os.makedirs(tmp)
         for name in MODEL_CHECKPOINTS:
@@ -268,8 +276,7 @@ def write_model_folder(
                 torch.save(modules[name].state_dict(), os.path.join(tmp, f"{name}.ckpt"))
         label_encoder.save(os.path.join(tmp, "label_encoder.ckpt"))
         with open(os.path.join(tmp, "hyperparams.yaml"), "w", encoding="utf-8") as f:
-            f.write(model_hyperparams(
-                modules, embedding, task, age_decoding, verification_threshold))
+            f.write(hyperparams)
         with open(os.path.join(tmp, "model_card.md"), "w", encoding="utf-8") as f:
             f.write(model_card(task, embedding, card.get("data", "Not recorded."),
                                card.get("metrics"), card.get("configuration", embedding[1])))
@@ -277,6 +284,7 @@ def write_model_folder(
             shutil.copy(source, os.path.join(tmp, name))
         # Checked under the temporary name: a folder that fails is never published.
         cosine = check_model_folder(tmp, modules, sample)
+        replacement.into(tmp, modules)
     return cosine
 
 
