@@ -23,6 +23,19 @@ def kaldi_vector(vector):
     return b"\0B" + b"FV " + b"\x04" + struct.pack("<i", len(vector)) + vector.tobytes()
 
 
+def written_files(path):
+    """The files ``write_embeddings(path, ...)`` writes: ``path`` and its ids or index file.
+
+    Example
+    -------
+    >>> written_files("out/emb.npy"), written_files("emb.npz")
+    (['out/emb.npy', 'out/emb.txt'], ['emb.npz'])
+    """
+    stem, suffix = os.path.splitext(path)
+    companion = {".npy": ".txt", ".ark": ".scp"}.get(suffix)
+    return [path] if companion is None else [path, stem + companion]
+
+
 def write_embeddings(path, ids, embeddings):
     """Writes embeddings in the format of ``path``'s extension.
 
@@ -58,20 +71,18 @@ def write_embeddings(path, ids, embeddings):
     if len(ids) != len(embeddings):
         raise ValueError(f"{len(ids)} ids for {len(embeddings)} embeddings")
     check_output(path, ids)
-    stem, suffix = os.path.splitext(path)
-    if suffix == ".npz":
-        with atomic_paths(path) as (npz,):
-            np.savez(npz, **dict(zip(ids, embeddings)))
-        return [path]
-    if suffix == ".npy":
-        with atomic_paths(path, stem + ".txt") as (npy, txt):
-            np.save(npy, embeddings)
-            with open(txt, "x", encoding="utf-8", newline="") as listing:
+    files = written_files(path)
+    suffix = os.path.splitext(path)[1]
+    with atomic_paths(*files) as temporaries:
+        if suffix == ".npz":
+            np.savez(temporaries[0], **dict(zip(ids, embeddings)))
+        elif suffix == ".npy":
+            np.save(temporaries[0], embeddings)
+            with open(temporaries[1], "x", encoding="utf-8", newline="") as listing:
                 listing.writelines(f"{i}\n" for i in ids)
-        return [path, stem + ".txt"]
-    with atomic_paths(path, stem + ".scp") as (ark, scp):
-        _write_ark(ark, scp, os.path.abspath(path), ids, embeddings)
-    return [path, stem + ".scp"]
+        else:
+            _write_ark(*temporaries, os.path.abspath(path), ids, embeddings)
+    return files
 
 
 def _write_ark(ark_path, scp_path, final_ark, ids, embeddings):

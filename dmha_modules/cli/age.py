@@ -16,7 +16,7 @@ import csv
 
 from dmha_modules.atomic import write_atomic
 from dmha_modules.cli.errors import InputError, batch_status, report_skipped, require_output
-from dmha_modules.cli.inputs import check_writable, load_model, read_audio_inputs
+from dmha_modules.cli.inputs import check_audio_outputs, load_model, read_audio_inputs
 from dmha_modules.cli.options import add_command, audio_input_options, model_options, out_option
 from dmha_modules.inference import AgeClassifier, AudioError
 
@@ -77,8 +77,8 @@ def _row(utterance, path, age, model):
 
 def run(args):
     """Writes the ages of the good files."""
-    check_writable(args.out, parent_must_exist=True)
     ids, paths = read_audio_inputs(args)
+    check_audio_outputs(args, paths, [("--out", args.out, "file")])
     model, results = _classify(args, paths)
     rows = [["id", "path", "age_group", "age_years"] + [f"p_{g}" for g in model["groups"]]
             + ["age_years_low", "age_years_high"] + (["gender", "p_gender"] if model["gender"]

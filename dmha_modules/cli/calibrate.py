@@ -27,14 +27,14 @@ from dmha_modules.calibration import (
 )
 from dmha_modules.cllr import cllr, min_cllr
 from dmha_modules.cli.errors import InputError, batch_status
-from dmha_modules.cli.inputs import check_writable, load_model, trial_seconds
+from dmha_modules.cli.inputs import check_outputs, load_model, trial_inputs, trial_seconds
 from dmha_modules.cli.options import add_command, batching_options, model_options, option
 from dmha_modules.cli.score import embed_trials, print_metrics, read_trial_paths
 from dmha_modules.list_norm import pairwise_cosine_stats
 from dmha_modules.metrics import cosine_scores, rates_at_threshold, verification_metrics
+from dmha_modules.model_folder_replace import CALIBRATION_PLOT_FILE
 from dmha_modules.trials import read_trials
 
-PLOT_FILE = "calibration_det.png"
 CENTRINGS = ("mean", "none")
 STANDARDISINGS = ("list", "none")
 # Fewest distinct target and non-target trials per weight of the map: the ten events per
@@ -84,7 +84,7 @@ def register(commands):
            f"(default {TRIALS_PER_WEIGHT} per weight of the map: {TRIALS_PER_WEIGHT} for the "
            f"score alone, {3 * TRIALS_PER_WEIGHT} with --quality duration)")
     option(parser, "plot", help=f"PNG of the DET curve with the operating point (default: "
-           f"{PLOT_FILE} in the model folder)")
+           f"{CALIBRATION_PLOT_FILE} in the model folder)")
     batching_options(parser)
 
 
@@ -179,10 +179,12 @@ def _calibrated(scores, labels, seconds, centre, stats, args):
 def run(args):
     """Fits and stores the calibration; prints the development figures."""
     out = os.path.join(args.model, CALIBRATION_FILE)
-    plot = args.plot or os.path.join(args.model, PLOT_FILE)
-    for path in (out, plot):
-        check_writable(path, parent_must_exist=True)
+    default_plot = os.path.join(args.model, CALIBRATION_PLOT_FILE)
+    plot = args.plot or default_plot
     trials, minimum = _labelled_trials(args)
+    check_outputs([(CALIBRATION_FILE, out, "file"), ("--plot", plot, "file")],
+                  trial_inputs(args.trials, trials), [("--model", args.model)],
+                  own=(out, default_plot))
     with load_model(args.model, args.device, trust_model=args.trust_model) as model:
         kept, embeddings, pairs = embed_trials(model, trials, args)
     labels = np.array([label for *_, label in kept])

@@ -9,7 +9,7 @@ import os
 
 from dmha_modules.cli.errors import InputError, batch_status, require_output
 from dmha_modules.cli.inputs import (
-    check_writable,
+    check_audio_outputs,
     embed_paths,
     load_model,
     read_audio_inputs,
@@ -21,7 +21,7 @@ from dmha_modules.cli.options import (
     option,
     out_option,
 )
-from dmha_modules.embedding_io import check_output, write_embeddings
+from dmha_modules.embedding_io import check_output, write_embeddings, written_files
 
 
 def register(commands):
@@ -51,8 +51,10 @@ def _onnx_session(folder):
 
 def run(args):
     """Embeds the audio and writes the embeddings of the good files."""
-    check_writable(args.out, parent_must_exist=True)
     ids, paths = read_audio_inputs(args)
+    out, *companions = written_files(args.out)  # .npy and .ark write a second file
+    check_audio_outputs(args, paths, [("--out", out, "file")] + [
+        (f"the {os.path.splitext(path)[1]} file of --out", path, "file") for path in companions])
     try:
         check_output(args.out, ids)  # before the work, not after it
     except ValueError as error:

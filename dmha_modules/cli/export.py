@@ -9,8 +9,9 @@ waveforms and lengths to embeddings, checked against PyTorch.
 import os
 
 from dmha_modules.cli.errors import InputError
-from dmha_modules.cli.inputs import check_writable, load_model
+from dmha_modules.cli.inputs import check_outputs, check_writable, load_model
 from dmha_modules.cli.options import add_command, option, trust_model_option
+from dmha_modules.model_folder_replace import ONNX_FILE
 
 
 def register(commands):
@@ -35,7 +36,10 @@ def _export_experiment(args):
     """The model folder of a training output folder; the folder's problems are input errors."""
     from dmha_modules.model_folder import export_experiment  # builds the recipe's model
 
-    check_writable(args.out or os.path.join(args.experiment, "model"), folder=True)
+    default = os.path.join(args.experiment, "model")
+    # The training folder is read whole (its YAML, checkpoints, manifests); its model is ours.
+    check_outputs([("--out", args.out or default, "model")],
+                  read_folders=[("--experiment", args.experiment)], own=[default])
     try:
         folder, cosine = export_experiment(args.experiment, args.out, args.trust_model)
     except ValueError as error:  # a model without a classifier, a refused YAML
@@ -47,7 +51,7 @@ def _export_experiment(args):
 def _export_onnx(folder, trust_model):
     from dmha_modules.onnx_export import export_onnx  # the ONNX packages: an optional extra
 
-    path = os.path.join(folder, "embedding.onnx")
+    path = os.path.join(folder, ONNX_FILE)
     check_writable(path)
     with load_model(folder, "cpu", trust_model=trust_model) as model:
         export_onnx(model.mods.compute_features, model.mods.mean_var_norm,
@@ -57,6 +61,9 @@ def _export_onnx(folder, trust_model):
 
 def run(args):
     """Writes the model folder and, with ``--onnx``, its ONNX graph."""
+    if args.model and args.out:
+        raise ValueError("--out is the model folder written from --experiment; with --model, "
+                         f"{ONNX_FILE} goes into that model folder")
     if args.experiment:
         folder = _export_experiment(args)
     elif not args.onnx:

@@ -3,7 +3,9 @@
 Every option is an argument of :func:`dmha_modules.feature_files.extract_features`.
 """
 
-from dmha_modules.cli.inputs import check_writable
+import os
+
+from dmha_modules.cli.inputs import check_outputs
 from dmha_modules.cli.options import add_command, function_arguments, option
 from dmha_modules.feature_files import extract_features
 
@@ -26,8 +28,10 @@ def register(commands):
 
 def run(args):
     """Extracts the features; prints how many files were written."""
-    if getattr(args, "out_dir", None):  # next to the audio, each file's folder is its own check
-        check_writable(args.out_dir, folder=True)
+    # Without --out_dir the features go next to the audio, each file's folder its own check.
+    check_outputs([("--out_dir", getattr(args, "out_dir", None), "folder")],
+                  [("-i", args.list_file),
+                   ("--data_dir", getattr(args, "data_dir", None) or os.getcwd())])
     outputs = extract_features(**function_arguments(args))
     print(f"{len(outputs)} feature files written")
     return 0

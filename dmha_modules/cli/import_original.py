@@ -5,7 +5,7 @@ The original is the research code of the Double Multi-Head Attention paper.
 Every option is an argument of :func:`dmha_modules.original.import_original`.
 """
 
-from dmha_modules.cli.inputs import check_writable
+from dmha_modules.cli.inputs import check_outputs
 from dmha_modules.cli.options import add_command, comma_list, function_arguments, option
 from dmha_modules.original import import_original
 
@@ -37,7 +37,8 @@ def register(commands):
 
 def run(args):
     """Converts the model; prints how closely the folder reproduces it."""
-    check_writable(args.out, folder=True)
+    check_outputs([("--out", args.out, "model")],
+                  [("--checkpoint", args.checkpoint), ("--config", args.config)])
     folder, cosine = import_original(**function_arguments(args))
     print(f"{folder}: written; reloads strictly, cosine {cosine:.6f} to the converted model")
     return 0

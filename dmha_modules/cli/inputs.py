@@ -80,6 +80,91 @@ def check_writable(path, folder=False, parent_must_exist=False):
     os.remove(probe)
 
 
+def _same(a, b):
+    """Whether paths ``a`` and ``b`` name one file or folder (links and ``..`` resolved)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+
+
+def _inside(path, folder):
+    """Whether ``path`` lies strictly inside ``folder`` (links and ``..`` resolved)."""
+    return os.path.realpath(path).startswith(os.path.join(os.path.realpath(folder), ""))
+
+
+def _overlap(label, path, inputs, read_folders, own):
+    """Why the output ``label path`` would overwrite or replace an input; None when it would not."""
+    for what, given in inputs:
+        if _same(path, given):
+            return f"{label} {path} is the input {what} {given}"
+        if _inside(given, path):
+            return f"{label} {path} contains the input {what} {given}"
+    for what, folder in read_folders:
+        if _same(path, folder) or _inside(folder, path):
+            return f"{label} {path} {'is' if _same(path, folder) else 'contains'} the input " \
+                   f"{what} {folder}"
+        if _inside(path, folder) and os.path.lexists(path) \
+                and not any(_same(path, mine) for mine in own):
+            return f"{label} {path} is part of the input {what} {folder}"
+    return None
+
+
+def check_outputs(outputs, inputs=(), read_folders=(), own=()):
+    """Refuses, before any work, outputs that would destroy an input or each other.
+
+    The one check of every verb's outputs. An output is refused (a
+    ``ValueError``: exit status 2, one line naming the output and the input)
+    when it is an input, contains one, lies in a folder whose every file is an
+    input and would overwrite one of them, or is another output. Then a model
+    folder output must be new, empty or a model folder dmha wrote
+    (:func:`dmha_modules.model_folder_replace.check_replaceable`), and every
+    output must be writable (:func:`check_writable`).
+
+    Arguments
+    ---------
+    outputs : sequence of (str, str or None, str)
+        ``(option, path, kind)``; kind ``"file"`` (written whole, its folder
+        must exist), ``"model"`` (a model folder, replaced whole) or
+        ``"folder"`` (files are written into it). None paths are left out.
+    inputs : sequence of (str, str or None)
+        ``(what, path)``: files and folders the verb reads. None paths are left out.
+    read_folders : sequence of (str, str)
+        ``(what, folder)`` whose every file is an input (a model folder).
+    own : sequence of str
+        The verb's own outputs inside ``read_folders`` (``calibration.json``).
+
+    Example
+    -------
+    >>> folder = tempfile.mkdtemp()
+    >>> trials = os.path.join(folder, "t.txt")
+    >>> _ = open(trials, "w").write("1 a.wav b.wav\\n")
+    >>> check_outputs([("--out", trials, "file")], [("--trials", trials)])
+    Traceback (most recent call last):
+    ...
+    ValueError: --out /.../t.txt is the input --trials /.../t.txt; give the output another path
+    >>> check_outputs([("--out", folder, "model")], [("--trials", trials)])
+    Traceback (most recent call last):
+    ...
+    ValueError: --out /... contains the input --trials /.../t.txt; give the output another path
+    """
+    from dmha_modules.model_folder_replace import check_replaceable  # builds no model
+
+    inputs = [(what, path) for what, path in inputs if path is not None]
+    outputs = [(label, path, kind) for label, path, kind in outputs if path is not None]
+    for index, (label, path, kind) in enumerate(outputs):
+        problem = _overlap(label, path, inputs, read_folders, own)
+        other = next((f"{other} {given}" for other, given, _ in outputs[:index]
+                      if _same(path, given)), None)
+        if other is not None:
+            problem = f"{label} {path} is also {other}"
+        if problem:
+            raise ValueError(f"{problem}; give the output another path")
+    for label, path, kind in outputs:
+        if kind == "model":
+            check_replaceable(path)
+        check_writable(path, folder=kind != "file", parent_must_exist=kind == "file")
+
+
 def _listed(list_file):
     """``(id, path)`` of a ``--list`` file: ``path`` or ``id path...`` (the rest of the line)."""
     entries = []
@@ -132,6 +217,23 @@ def read_audio_inputs(args):
     if repeated:
         raise InputError(f"repeated utterance ids: {repeated[:5]}")
     return ids, [path for _, path in entries]
+
+
+def check_audio_outputs(args, paths, outputs):
+    """:func:`check_outputs` of a verb reading audio (``read_audio_inputs``) with ``--model``.
+
+    Arguments
+    ---------
+    args : argparse.Namespace
+        With ``inputs``, ``list_file``, ``folder`` and ``model``.
+    paths : list of str
+        The audio files, as ``read_audio_inputs`` returns them.
+    outputs : sequence of (str, str, str)
+        As :func:`check_outputs`.
+    """
+    check_outputs(outputs, [("--list", args.list_file), ("--folder", args.folder),
+                            *(("audio file", path) for path in paths)],
+                  [("--model", args.model)])
 
 
 @contextlib.contextmanager
@@ -238,6 +340,19 @@ def calibrated_cosines(calibration, embeddings, pairs, folder):
     except ValueError as error:
         raise InputError(f"{os.path.join(folder, CALIBRATION_FILE)}: {error}") from None
     return scores, steps
+
+
+def trial_inputs(trials_file, trials):
+    """The inputs of a trial list for :func:`check_outputs`: the list and its audio files.
+
+    Example
+    -------
+    >>> trial_inputs("t.txt", [("a.wav", "b.wav", 1), ("a.wav", "c.wav", 0)])
+    [('--trials', 't.txt'), ('audio file of --trials', 'a.wav'), \
+('audio file of --trials', 'b.wav'), ('audio file of --trials', 'c.wav')]
+    """
+    audio = dict.fromkeys(path for trial in trials for path in trial[:2])  # once each, in order
+    return [("--trials", trials_file), *(("audio file of --trials", path) for path in audio)]
 
 
 def trial_seconds(trials):

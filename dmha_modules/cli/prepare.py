@@ -13,7 +13,7 @@ Example
 ('prepare_voxceleb', {'data_folder': 'vox', 'save_folder': 'out', 'seed': 7})
 """
 
-from dmha_modules.cli.inputs import check_writable
+from dmha_modules.cli.inputs import check_outputs
 from dmha_modules.cli.options import add_command, comma_list, function_arguments, option
 from dmha_modules.prepare import (
     prepare_commonvoice,
@@ -21,6 +21,11 @@ from dmha_modules.prepare import (
     prepare_labels_file,
     prepare_voxceleb,
 )
+
+
+# The options naming files or folders a source reads (those of its data folder are in it).
+INPUT_PATHS = ("data_folder", "train_labels", "valid_labels", "trials_clients",
+               "trials_impostors", "valid_data_folder", "trials_file")
 
 
 def _negation(parser, name, dest, const, help):
@@ -112,8 +117,10 @@ def register(commands):
 
 def run(args):
     """Prepares the source; prints each output written."""
-    check_writable(args.save_folder, folder=True)
-    outputs = args.function(**function_arguments(args))
+    arguments = function_arguments(args)
+    check_outputs([("--save_folder", args.save_folder, "folder")],
+                  [(f"--{name}", arguments[name]) for name in INPUT_PATHS if name in arguments])
+    outputs = args.function(**arguments)
     for name, path in outputs.items():
         print(f"{name}: {path}")
     return 0

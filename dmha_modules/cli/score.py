@@ -22,10 +22,11 @@ from dmha_modules.cli.errors import InputError, batch_status, require_output
 from dmha_modules.cli.inputs import (
     NOT_CALIBRATED,
     calibrated_cosines,
-    check_writable,
+    check_outputs,
     embed_paths,
     load_model,
     read_calibration,
+    trial_inputs,
     trial_seconds,
 )
 from dmha_modules.cli.options import (
@@ -99,10 +100,16 @@ def embed_trials(model, trials, args):
     return kept, torch.from_numpy(embeddings), pairs.reshape(-1, 2)
 
 
-def _cohort(model, args):
-    """Embeddings ``(C, E)`` of the good ``--cohort`` files."""
-    with open(args.cohort, encoding="utf-8-sig") as listing:
-        paths = [line.strip() for line in listing if line.strip()]
+def _cohort_paths(cohort):
+    """The audio files of a ``--cohort`` list, one per line; [] without one."""
+    if cohort is None:
+        return []
+    with open(cohort, encoding="utf-8-sig") as listing:
+        return [line.strip() for line in listing if line.strip()]
+
+
+def _cohort(model, paths, args):
+    """Embeddings ``(C, E)`` of the good ``--cohort`` files ``paths``."""
     cohort, failed = embed_paths(model, paths, args)
     cohort = np.delete(cohort, failed, axis=0)
     if len(cohort) < 2:
@@ -162,13 +169,16 @@ def _calibration(args):
 
 def run(args):
     """Scores the trials whose files embed; writes the scores, prints the metrics."""
-    for out in filter(None, (args.out, args.plot)):
-        check_writable(out, parent_must_exist=True)
     trials = read_trial_paths(args.trials, args.data_root)
+    cohort_paths = _cohort_paths(args.cohort)
+    check_outputs([("--out", args.out, "file"), ("--plot", args.plot, "file")],
+                  [*trial_inputs(args.trials, trials), ("--cohort", args.cohort),
+                   *(("audio file of --cohort", path) for path in cohort_paths)],
+                  [("--model", args.model)])
     calibration = _calibration(args)
     with load_model(args.model, args.device, trust_model=args.trust_model) as model:
         kept, embeddings, pairs = embed_trials(model, trials, args)
-        cohort = _cohort(model, args) if args.cohort else None
+        cohort = _cohort(model, cohort_paths, args) if args.cohort else None
     require_output(len(kept), args.out)
     if cohort is None and calibration is not None:
         scores, steps = calibrated_cosines(calibration, embeddings, pairs, args.model)
