@@ -28,7 +28,14 @@ from dmha_modules.calibration import (
 from dmha_modules.cllr import cllr, min_cllr
 from dmha_modules.cli.errors import InputError, batch_status
 from dmha_modules.cli.inputs import check_outputs, load_model, trial_inputs, trial_seconds
-from dmha_modules.cli.options import add_command, batching_options, model_options, option
+from dmha_modules.cli.options import (
+    add_command,
+    batching_options,
+    model_options,
+    option,
+    positive_int,
+    probability,
+)
 from dmha_modules.cli.score import embed_trials, print_metrics, read_trial_paths
 from dmha_modules.list_norm import pairwise_cosine_stats
 from dmha_modules.metrics import cosine_scores, rates_at_threshold, verification_metrics
@@ -58,10 +65,10 @@ def register(commands):
            "target|nontarget')")
     option(parser, "data_root", default=".", help="folder the trial paths are relative to")
     point = parser.add_mutually_exclusive_group(required=True)
-    option(point, "target_far", type=float,
+    option(point, "target_far", type=probability,
            help="operating point: the false-accept rate wanted, e.g. 0.01; the threshold "
            "is read from the development non-target trials")
-    option(point, "p_target", type=float,
+    option(point, "p_target", type=probability,
            help="operating point: the Bayes threshold -logit(p_target) of this target prior")
     option(parser, "quality", choices=sorted(QUALITY_TERMS),
            help="quality measure added to the map: duration (log of the shorter and of the "
@@ -77,9 +84,9 @@ def register(commands):
            "own: in a list of many speakers nearly all pairs are impostors, so another "
            "corpus's impostor scores land on the development ones); none: as they are, as "
            "calibrations before standardising")
-    option(parser, "prior", type=float, default=0.5,
+    option(parser, "prior", type=probability, default=0.5,
            help="effective target prior of the logistic-regression objective")
-    option(parser, "min_trials", type=int,
+    option(parser, "min_trials", type=positive_int,
            help=f"fewest distinct target and fewest distinct non-target trials to fit on "
            f"(default {TRIALS_PER_WEIGHT} per weight of the map: {TRIALS_PER_WEIGHT} for the "
            f"score alone, {3 * TRIALS_PER_WEIGHT} with --quality duration)")
@@ -93,8 +100,6 @@ def _minimum_trials(args):
     if args.min_trials is None:
         weights = 1 + sum(len(QUALITY_TERMS[name]) for name in [args.quality] if name)
         return TRIALS_PER_WEIGHT * weights
-    if args.min_trials < 1:
-        raise ValueError(f"--min_trials must be at least 1, got {args.min_trials}")
     return args.min_trials
 
 
@@ -135,12 +140,7 @@ def _distinct_trials(trials, args):
 
 
 def _labelled_trials(args):
-    """The distinct development trials, refused unless labelled with enough of both kinds
-    (options checked first)."""
-    for name in ("target_far", "p_target", "prior"):
-        value = getattr(args, name)
-        if value is not None and not 0 < value < 1:
-            raise ValueError(f"--{name} must be in (0, 1), got {value}")
+    """The distinct development trials, refused unless labelled with enough of both kinds."""
     minimum = _minimum_trials(args)
     trials = read_trial_paths(args.trials, args.data_root)
     if trials[0][2] is None:

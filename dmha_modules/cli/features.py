@@ -6,7 +6,7 @@ Every option is an argument of :func:`dmha_modules.feature_files.extract_feature
 import os
 
 from dmha_modules.cli.inputs import check_outputs
-from dmha_modules.cli.options import add_command, function_arguments, option
+from dmha_modules.cli.options import add_command, function_arguments, option, positive_int
 from dmha_modules.feature_files import extract_features
 
 
@@ -22,7 +22,7 @@ def register(commands):
            "by default next to each audio file")
     option(parser, "data_dir", help="folder relative paths are resolved against; by default "
            "the current folder")
-    option(parser, "jobs", type=int, help="worker processes")
+    option(parser, "jobs", type=positive_int, help="worker processes")
     option(parser, "overwrite", action="store_true", help="recompute features that already exist")
 
 

@@ -6,7 +6,14 @@ Every option is an argument of :func:`dmha_modules.original.import_original`.
 """
 
 from dmha_modules.cli.inputs import check_outputs
-from dmha_modules.cli.options import add_command, comma_list, function_arguments, option
+from dmha_modules.cli.options import (
+    add_command,
+    comma_list,
+    function_arguments,
+    non_negative_float,
+    option,
+    positive_int,
+)
 from dmha_modules.original import import_original
 
 
@@ -22,7 +29,7 @@ def register(commands):
     option(parser, "checkpoint", required=True, help="the original's .chkpt file")
     option(parser, "config", required=True, help="the original's _config.pkl file")
     option(parser, "out", required=True, help="model folder to write")
-    option(parser, "sample_rate", type=int, help="sample rate the model was trained at")
+    option(parser, "sample_rate", type=positive_int, help="sample rate the model was trained at")
     option(parser, "task", choices=("age", "speaker"),
            help="what the classes are; by default as the settings say (the age variant's "
            "have a criterion)")
@@ -30,7 +37,7 @@ def register(commands):
            help="class names in class order, comma-separated, e.g. "
            "twenties,thirties,fourties,fifties,sixties,seventies; by default the age "
            "variant's names for 6 or 9 classes, else 0..C-1")
-    option(parser, "group_ages", type=comma_list(float),
+    option(parser, "group_ages", type=comma_list(non_negative_float),
            help="age models: years of each group, comma-separated; by default the "
            "middle of decade-named groups (twenties: 25)")
 

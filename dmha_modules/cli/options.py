@@ -28,6 +28,7 @@ Example
 
 import argparse
 import inspect
+import math
 
 import torch
 
@@ -78,6 +79,58 @@ def _shown(default):
 def comma_list(cast):
     """An option type: "a,b,c" -> a tuple of ``cast`` values."""
     return lambda text: tuple(cast(item) for item in text.split(",") if item)
+
+
+def number_type(cast, accepts, wanted):
+    """An option type: ``cast(text)`` when it is finite and ``accepts`` it.
+
+    Anything else (``nan``, ``inf``, out of range, not a number) is refused
+    by argparse before any work: exit 2, ``argument --name: ...``.
+
+    Arguments
+    ---------
+    cast : type
+        ``float`` or ``int``.
+    accepts : callable
+        ``accepts(value)`` -> whether the value is in range.
+    wanted : str
+        What the option takes, for the error message.
+
+    Returns
+    -------
+    callable
+
+    Example
+    -------
+    >>> share = number_type(float, lambda value: 0 <= value < 1, "a share in [0, 1)")
+    >>> share("0.25")
+    0.25
+    >>> share("nan")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: 'nan' is not a share in [0, 1)
+    """
+
+    def convert(text):
+        try:
+            value = cast(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or not accepts(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {wanted}")
+        return value
+
+    convert.__name__ = wanted  # what argparse names the type in its own messages
+    return convert
+
+
+finite_float = number_type(float, lambda value: True, "a finite number")
+non_negative_float = number_type(float, lambda value: value >= 0, "a finite number >= 0")
+positive_int = number_type(int, lambda value: value > 0, "a positive integer")
+# Probabilities of an operating point or prior: 0 and 1 have no finite logit.
+probability = number_type(float, lambda value: 0 < value < 1, "a probability in (0, 1)")
+# Shares of speakers held out: all of them would leave none to train on.
+share = number_type(float, lambda value: 0 <= value < 1, "a share in [0, 1)")
 
 
 def option(parser, name, *flags, help, **kwargs):
@@ -171,9 +224,10 @@ def batching_options(parser):
     option(
         parser,
         "batch_seconds",
-        type=float,
+        type=non_negative_float,
         default=120.0,
-        help="most padded audio per batch, in seconds; files are batched by length",
+        help="most padded audio per batch, in seconds; files are batched by length "
+        "(0: one file at a time)",
     )
     option(parser, "no_progress", action="store_true", help="no progress bar")
 

@@ -14,7 +14,15 @@ Example
 """
 
 from dmha_modules.cli.inputs import check_outputs
-from dmha_modules.cli.options import add_command, comma_list, function_arguments, option
+from dmha_modules.cli.options import (
+    add_command,
+    comma_list,
+    finite_float,
+    function_arguments,
+    option,
+    positive_int,
+    share,
+)
 from dmha_modules.prepare import (
     prepare_commonvoice,
     prepare_kaldi,
@@ -46,11 +54,12 @@ def _source(sources, name, function, help, split_without=None):
            help="where the manifests, summary.json and rejects.csv go")
     option(parser, "skip_bad", action="store_true",
            help="drop bad rows, listed in rejects.csv, instead of failing")
-    option(parser, "jobs", type=int, help="processes reading audio headers; default one per core")
+    option(parser, "jobs", type=positive_int,
+           help="processes reading audio headers; default one per core")
     if split_without is not None:
-        option(parser, "valid_ratio", type=float,
+        option(parser, "valid_ratio", type=share,
                help="share of the speakers held out for validation")
-        option(parser, "test_ratio", type=float,
+        option(parser, "test_ratio", type=share,
                help=f"share of the speakers held out for test, without {split_without}")
         option(parser, "seed", type=int, help="seed of the speaker split")
     return parser
@@ -65,7 +74,7 @@ def _labels(sources):
     option(parser, "trials_clients", help="same-speaker trial pairs: 'pathA pathB' per line")
     option(parser, "trials_impostors", help="different-speaker trial pairs")
     option(parser, "label_kind", choices=("speaker", "age_group"), help="what the labels are")
-    option(parser, "num_classes", type=int,
+    option(parser, "num_classes", type=positive_int,
            help="N, labels being 0..N-1; by default the largest train label + 1")
     option(parser, "valid_data_folder",
            help="folder the valid labels and trial paths are relative to, when not --data_folder")
@@ -77,7 +86,7 @@ def _kaldi(sources):
                      split_without="a test dir")
     option(parser, "train_dir", help="train data dir in --data_folder")
     option(parser, "test_dir", help="test data dir in --data_folder, if any")
-    option(parser, "age_bins", type=comma_list(float),
+    option(parser, "age_bins", type=comma_list(finite_float),
            help="age-group edges in years, comma-separated")
     option(parser, "age_groups", type=comma_list(str),
            help="age-group names, comma-separated, one more than the edges")

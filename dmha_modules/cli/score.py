@@ -35,6 +35,8 @@ from dmha_modules.cli.options import (
     model_options,
     option,
     out_option,
+    positive_int,
+    probability,
 )
 from dmha_modules.metrics import (
     adaptive_snorm,
@@ -61,9 +63,9 @@ def register(commands):
                "accept|reject' with a calibrated model")
     option(parser, "cohort", help="list of cohort audio files: adaptive s-norm (then "
            "without calibration, which maps plain cosine scores)")
-    option(parser, "top_n", type=int, default=200,
+    option(parser, "top_n", type=positive_int, default=200,
            help="cohort scores per utterance for s-norm")
-    option(parser, "p_target", type=float, default=0.01, help="target prior of minDCF")
+    option(parser, "p_target", type=probability, default=0.01, help="target prior of minDCF")
     option(parser, "plot", help="PNG of the score distributions and DET curve")
     batching_options(parser)
 

@@ -20,7 +20,7 @@ from dmha_modules.cli.inputs import (
     read_calibration,
     trial_seconds,
 )
-from dmha_modules.cli.options import add_command, model_options, option
+from dmha_modules.cli.options import add_command, finite_float, model_options, option
 
 DECISIONS = {True: "same speaker", False: "different speakers"}
 
@@ -36,7 +36,7 @@ def register(commands):
     model_options(parser)
     parser.add_argument("enrol", help="first audio file")
     parser.add_argument("test", help="second audio file")
-    option(parser, "threshold", type=float,
+    option(parser, "threshold", type=finite_float,
            help="decide here instead: an LLR with a calibrated model, else a cosine")
 
 

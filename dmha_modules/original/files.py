@@ -12,8 +12,12 @@ global is refused before it is imported, so nothing in a file runs.
 """
 
 import argparse
+import math
+import numbers
 import pickle
 import re
+import reprlib
+import warnings
 
 import torch
 
@@ -29,6 +33,31 @@ MODEL_SETTINGS = (
     "num_spkrs",
     "normalization",
 )
+
+
+
+def _is_count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _is_number(value):
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+# What each setting the conversion reads must be, and how to say so; a
+# setting of another kind is refused before it reaches a module.
+SETTING_KINDS = {
+    "front_end": (lambda value: isinstance(value, str), "a string"),
+    "pooling_method": (lambda value: isinstance(value, str), "a string"),
+    "normalization": (lambda value: isinstance(value, str), "a string"),
+    "kernel_size": (_is_count, "an integer > 0"),
+    "heads_number": (_is_count, "an integer > 0"),
+    "embedding_size": (_is_count, "an integer > 0"),
+    "num_spkrs": (_is_count, "an integer > 0"),
+    "mask_prob": (_is_number, "a finite number"),
+    "scalingFactor": (_is_number, "a finite number"),
+}
 
 
 class OriginalFormatError(ValueError):
@@ -87,34 +116,79 @@ class SettingsUnpickler(pickle.Unpickler):
         )
 
 
+def check_setting_kinds(settings, path):
+    """Raises ``OriginalFormatError`` naming ``path`` and the first setting of a wrong kind.
+
+    Example
+    -------
+    >>> check_setting_kinds(argparse.Namespace(kernel_size="16"), "model_config.pkl")
+    Traceback (most recent call last):
+    ...
+    dmha_modules.original.files.OriginalFormatError: model_config.pkl: setting kernel_size is '16' (str), expected an integer > 0
+    """
+    for name, (accepts, wanted) in SETTING_KINDS.items():
+        value = getattr(settings, name, None)
+        if value is not None and not accepts(value):
+            raise OriginalFormatError(
+                f"{path}: setting {name} is {reprlib.repr(value)} "
+                f"({type(value).__name__}), expected {wanted}"
+            )
+
+
+def _first_line(error):
+    """``Type: first sentence`` of an exception, for a one-line message."""
+    lines = str(error).strip().splitlines()
+    return type(error).__name__ + (f": {lines[0].split('. ')[0]}" if lines else "")
+
+
 def read_config(path):
     """The settings ``argparse.Namespace`` of a config ``.pkl``, read without running code."""
     with open(path, "rb") as file:
         try:
             settings = SettingsUnpickler(file, path).load()
-        except (pickle.UnpicklingError, EOFError) as error:
+        except OriginalFormatError:
+            raise
+        # A damaged pickle fails in many ways (EOFError, UnicodeDecodeError,
+        # KeyError, IndexError...: pickle documents no complete list).
+        except Exception as error:
             raise OriginalFormatError(
-                f"{path}: not a pickled settings file ({error})"
+                f"{path}: not a pickled settings file ({_first_line(error)})"
             ) from error
     if not isinstance(settings, argparse.Namespace):
         raise OriginalFormatError(
             f"{path}: holds a {type(settings).__name__}, not argparse.Namespace settings"
         )
+    check_setting_kinds(settings, path)
     return settings
 
 
 def read_checkpoint(path):
     """The state dict and settings (or None) of a checkpoint, loaded with ``weights_only``."""
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            # A plain pickle gets torch's warning about its protocol before it is refused.
+            warnings.filterwarnings("ignore", "Detected pickle protocol")
             contents = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         # torch reports the refused global as "... GLOBAL module.name ...".
         refused = re.search(r"GLOBAL ([\w.]+)", str(error))
-        name = refused[1] if refused else "outside the allow-list"
+        if refused is None:  # an opcode it does not take: not a torch.save file
+            raise OriginalFormatError(
+                f"{path}: not a torch checkpoint (its weights-only reader stops at "
+                f"{_weights_only_problem(error)})"
+            ) from error
         raise OriginalFormatError(
-            f"{path}: refused global {name} (a seed checkpoint holds tensors, "
+            f"{path}: refused global {refused[1]} (a seed checkpoint holds tensors, "
             "plain values and argparse.Namespace settings only)"
+        ) from error
+    except OSError:  # missing or unreadable: the caller's message names the file
+        raise
+    # A truncated or foreign file fails in many ways (RuntimeError of the zip
+    # reader, EOFError, KeyError of a pickle memo...).
+    except Exception as error:
+        raise OriginalFormatError(
+            f"{path}: not a readable torch checkpoint (truncated, empty or another "
+            f"format: {_first_line(error)})"
         ) from error
     if not isinstance(contents, dict) or not isinstance(contents.get("model"), dict):
         raise OriginalFormatError(
@@ -125,7 +199,15 @@ def read_checkpoint(path):
         raise OriginalFormatError(
             f"{path}: 'settings' is a {type(settings).__name__}, not argparse.Namespace"
         )
+    if settings is not None:
+        check_setting_kinds(settings, path)
     return contents["model"], settings
+
+
+def _weights_only_problem(error):
+    """What torch's weights-only unpickler stopped at (``Unsupported operand 149``)."""
+    problem = re.search(r"WeightsUnpickler error:\s*(.+)", str(error))
+    return problem[1].strip() if problem else _first_line(error)
 
 
 def merge_settings(config, checkpoint_settings, config_path, checkpoint_path):

@@ -32,8 +32,11 @@ def prepare_labels_file(
     """Converts the original code's labels and trial files into manifests.
 
     A labels file holds one ``path label -1`` per line: an audio path
-    relative to ``data_folder`` (extension optional: ``.wav`` then ``.flac``
-    are tried) and a class index. Its classes must be exactly ``0..N-1``.
+    relative to ``data_folder`` and inside it (extension optional: ``.wav``
+    then ``.flac`` are tried; absolute paths and paths leaving the folder are
+    refused, as is a third field other than ``-1``) and a class index. Its
+    classes must be exactly ``0..N-1``, each used by a line (so N is at most
+    the number of lines, which bounds the labels before anything is sized by them).
     The files are already the splits the original trained on, so they are
     kept as they are: the train labels file gives ``train.csv``, the valid one
     ``valid.csv``. Trial files hold ``pathA pathB`` per line, same-speaker
@@ -106,6 +109,7 @@ def prepare_labels_file(
 
     def read(log):
         train, labels_of = _read_labels(train_labels, data_folder, data_folder, log)
+        _bound_labels(train, labels_of, num_classes, train_labels, log)
         n_classes = num_classes
         if n_classes is None:
             n_classes = max(labels_of.values(), default=-1) + 1
@@ -157,10 +161,34 @@ def prepare_labels_file(
     )
 
 
+def _outside(listed, folder):
+    """Why the ``listed`` path may not be used (None when it is a path inside ``folder``).
+
+    A path out of the folder would put audio of another corpus, perhaps at
+    another sample rate, among this one's.
+
+    Example
+    -------
+    >>> _outside("spk1/a.wav", "corpus"), _outside("a/../../b.wav", "corpus")
+    (None, "path 'a/../../b.wav' leaves corpus")
+    """
+    if os.path.isabs(listed):
+        return f"absolute path {listed!r}: paths are relative to {folder}"
+    if os.path.normpath(listed).split(os.sep)[0] == os.pardir:
+        return f"path {listed!r} leaves {folder}"
+    return None
+
+
 def _read_labels(path, folder, data_folder, log):
     """Reads a labels file into rows and {row: label}."""
     rows, labels_of = [], {}
     for line_number, fields in read_fields(path, log, "path label -1", 3, spaced="first"):
+        problem = _outside(fields[0], folder)
+        if problem is None and fields[2] != "-1":
+            problem = f"third field {fields[2]!r} is not -1 (lines are 'path label -1')"
+        if problem is not None:
+            log.reject(path, line_number, problem)
+            continue
         rel = relative_path(fields[0], folder, data_folder)
         row = Utterance(utterance_id(rel), rel, (path, line_number))
         rows.append(row)
@@ -171,6 +199,28 @@ def _read_labels(path, folder, data_folder, log):
                 row, path, line_number, f"label {fields[1]!r} is not an integer"
             )
     return rows, labels_of
+
+
+def _bound_labels(rows, labels_of, num_classes, path, log):
+    """Stops on classes that the train ``rows`` cannot all use, before anything is sized by them.
+
+    Classes ``0..N-1`` each need a row, so N is at most the number of rows. A
+    label beyond (``PATH 99999999999999999999 -1``) follows a gap whatever
+    is dropped: it is reported as one and forgotten, so that the classes
+    counted from the others stay within the rows. A given ``num_classes``
+    beyond the rows stops the run at once.
+    """
+    if num_classes is not None:
+        if num_classes > len(rows):
+            log.stop(path, None, f"num_classes {num_classes} exceeds the {len(rows)} "
+                     "entries of the file: each class needs one")
+            log.raise_if_bad(skip_bad=True)  # raises: dropping rows cannot fix it
+        return  # labels outside 0..num_classes-1 are rejected row by row (_set_labels)
+    for row, label in list(labels_of.items()):
+        if label >= len(rows):
+            del labels_of[row]
+            log.stop(path, row.origin[1], f"label {label} follows a gap: the file's "
+                     f"{len(rows)} entries cannot use every label of 0..{label}")
 
 
 def _set_labels(rows, labels_of, num_classes, label_kind, log):
@@ -201,6 +251,10 @@ def _read_trial_pairs(files, folder, data_folder, known, log):
     trials = []
     for path, label in files:
         for line_number, fields in read_fields(path, log, "pathA pathB", 2):
+            outside = list(filter(None, (_outside(field, folder) for field in fields)))
+            if outside:
+                log.reject(path, line_number, outside[0])
+                continue
             ids = []
             for field in fields:
                 rel = relative_path(field, folder, data_folder)

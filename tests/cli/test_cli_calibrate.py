@@ -303,8 +303,6 @@ def test_score_with_a_cohort_leaves_the_calibration_out(model, trials, audio, ca
         ([], "unlabelled", 1, "calibration needs a labelled trial list"),
         (["--target_far", "0.01"], "kaldi", 1,
          "a target false-accept rate of 0.01 needs at least 100 non-target trials, got 12"),
-        (["--target_far", "1.5"], "kaldi", 2, "--target_far must be in (0, 1), got 1.5"),
-        (["--p_target", "0.01", "--prior", "0"], "kaldi", 2, "--prior must be in (0, 1)"),
     ],
 )
 def test_calibrate_refuses_what_it_cannot_use(model, audio, tmp_path, capsys, extra, text,
