@@ -6,12 +6,13 @@ its own share of those batches (:class:`RankBatches`, set up by
 :class:`DDPBrain`), and on CPU the gloo backend is chosen
 (:func:`default_ddp_backend`) and used without the SyncBatchNorm conversion
 that gloo lacks. One training at a time writes an output folder
-(:func:`output_folder_lock`).
+(:func:`output_folder_lock`), and only once its checks pass (:class:`HeldLog`).
 """
 
 import contextlib
 import dataclasses
 import fcntl
+import logging
 import os
 
 import numpy as np
@@ -246,6 +247,42 @@ def output_folder_lock(folder, command):
             yield
         finally:
             handle.truncate(0)  # no holder any more; closing the file releases the lock
+
+
+class HeldLog(logging.Handler):
+    """Log records held until the output folder's ``log.txt`` exists, then written there.
+
+    The recipe checks its options, data and checkpoints before it writes into
+    the output folder, so that a refused run leaves the folder as it was; what
+    those steps log (the data preparation's summary) goes to the console at
+    once and into ``log.txt`` once SpeechBrain has set it up.
+
+    Example
+    -------
+    >>> held = HeldLog()
+    >>> logging.getLogger().addHandler(held)
+    >>> logging.getLogger("prepare").warning("3 rows rejected")
+    >>> logging.getLogger().removeHandler(held)
+    >>> path = getfixture("tmp_path") / "log.txt"
+    >>> log_file = logging.FileHandler(path)
+    >>> held.write_to(log_file)
+    >>> log_file.close()
+    >>> path.read_text()
+    '3 rows rejected\\n'
+    """
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+    def write_to(self, handler):
+        """Writes the held records through ``handler`` (those of its level and above)."""
+        for record in self.records:
+            if record.levelno >= handler.level:
+                handler.handle(record)
 
 
 @sb.utils.checkpoints.register_checkpoint_hooks

@@ -33,6 +33,7 @@ import contextlib
 import errno
 import logging
 import os
+import shutil
 import sys
 
 from dmha_modules.environment import require_compiled_dependencies
@@ -46,7 +47,10 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from dmha_modules.allocator import keep_freed_memory
+from dmha_modules.atomic import atomic_paths
 from dmha_modules.brains import AgeBrain, SpeakerBrain
+from dmha_modules.checkpoints import refuse_another_model
+from dmha_modules.cli.errors import INTERRUPTED
 from dmha_modules.datasets import SPLITS, dataio_prep
 from dmha_modules.model_builder import (
     best_checkpoint_kwargs,
@@ -66,6 +70,7 @@ from dmha_modules.recipe_inputs import (
     copy_prepared_manifests,
 )
 from dmha_modules.training import (
+    HeldLog,
     OutputFolderError,
     bucketed_loader_kwargs,
     default_ddp_backend,
@@ -96,31 +101,20 @@ def load_hparams(hparams_file, overrides):
 
 
 def prepare_manifests(hparams):
-    """Writes the source's manifests into ``manifest_folder`` and checks them before training.
+    """Writes the source's manifests into ``manifest_folder`` once they pass their checks.
 
     Ready manifests (``source: manifests``) are checked where they are, so
-    problems name the files as given, then copied.
+    problems name the files as given, then copied (:func:`prepare_beside`).
 
     Returns
     -------
     dict
         The trial lists of the held-out splits (``check_manifests``).
     """
-    source = hparams["source"]
-    if source == "manifests":
+    if hparams["source"] == "manifests":
         check_manifests(hparams, hparams["prepared_folder"])
-        run_on_main(
-            copy_prepared_manifests, args=[hparams["prepared_folder"], hparams["manifest_folder"]]
-        )
-    else:
-        run_on_main(hparams["preparations"][source])
+    run_on_main(prepare_beside, args=[hparams])
     trial_lists = check_manifests(hparams, hparams["manifest_folder"])
-    if hparams["task"] == "age" and hparams["gender_loss_weight"] > 0 \
-            and len(gender_classes(hparams)) < 2:
-        raise RecipeInputError([
-            f"{manifest_path(hparams['manifest_folder'], 'train')}: gender_loss_weight "
-            f"{hparams['gender_loss_weight']} needs a gender column with two or more genders; "
-            "found " + (", ".join(gender_classes(hparams)) or "none")])
     test = manifest_path(hparams["manifest_folder"], "test")
     if os.path.basename(test) != "test.csv":
         logger.info("No test split (labels files have none): testing on %s", test)
@@ -130,6 +124,37 @@ def prepare_manifests(hparams):
                         "random pairs of held-out speakers" if trial_list is None
                         else f"{len(trial_list.trials)} of {', '.join(trial_list.origin)}")
     return trial_lists
+
+
+def prepare_beside(hparams):
+    """Prepares and checks the manifests beside ``manifest_folder``, which they replace if accepted.
+
+    A refused run (bad data, an output folder that trained on other classes)
+    leaves the folder's manifests as they were. The new ones start as a copy
+    of those, whose run record lets an unchanged preparation be skipped.
+    Problems name the files where they would have been written.
+    """
+    folder = hparams["manifest_folder"]
+    with atomic_paths(folder) as (staging,):
+        if os.path.isdir(folder):
+            shutil.copytree(folder, staging)
+        staged = {**hparams, "manifest_folder": staging}
+        try:
+            if hparams["source"] == "manifests":
+                copy_prepared_manifests(hparams["prepared_folder"], staging)
+            else:
+                hparams["preparations"][hparams["source"]](save_folder=staging)
+            check_manifests(staged, staging)
+            genders = gender_classes(staged) if hparams["task"] == "age" else []
+            if hparams["task"] == "age" and hparams["gender_loss_weight"] > 0 \
+                    and len(genders) < 2:
+                raise RecipeInputError([
+                    f"{manifest_path(staging, 'train')}: gender_loss_weight "
+                    f"{hparams['gender_loss_weight']} needs a gender column with two or more "
+                    "genders; found " + (", ".join(genders) or "none")])
+        except RecipeInputError as error:
+            raise RecipeInputError(
+                [problem.replace(staging, folder) for problem in error.problems]) from None
 
 
 def start_from_model_folder(hparams):
@@ -187,11 +212,21 @@ def run_experiment(hparams, run_opts, trial_lists):
 
 
 def train(argv):
-    """Checks the options, takes the output folder, prepares and checks the data, trains."""
+    """Checks the options, takes the output folder, prepares and checks the data, trains.
+
+    Nothing is written into the output folder (``hyperparams.yaml``,
+    ``manifests/``, logs) before the lock is held and the checkpoints, the
+    options and the data have passed their checks.
+    """
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     run_opts = default_ddp_backend(run_opts)
     keep_freed_memory()
     sb.utils.distributed.ddp_init_group(run_opts)
+    held_log = HeldLog()
+    if if_main_process():  # SpeechBrain's console format until its log set-up
+        logging.basicConfig(level=logging.INFO, format="%(name)s - %(message)s",
+                            stream=sys.stdout)
+        logging.getLogger().addHandler(held_log)
     hparams = load_hparams(hparams_file, overrides)
     check_source_options(hparams)
     # Under DDP the main process holds the folder for all ranks.
@@ -199,23 +234,35 @@ def train(argv):
     lock = output_folder_lock(hparams["output_folder"], command) if if_main_process() \
         else contextlib.nullcontext()
     with lock:
+        refuse_another_model(hparams["checkpointer"], hparams)
+        start_from_model_folder(hparams)
+        trial_lists = prepare_manifests(hparams)
         sb.create_experiment_directory(
             experiment_directory=hparams["output_folder"],
             hyperparams_to_save=hparams_file,
             overrides=overrides,
         )
-        start_from_model_folder(hparams)
-        trial_lists = prepare_manifests(hparams)
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.FileHandler):  # log.txt, set up just now
+                held_log.write_to(handler)
         run_experiment(hparams, run_opts, trial_lists)
 
 
 def main(argv=None):
-    """Runs the recipe; returns the exit status: 1, with one message per problem, on bad input."""
+    """Runs the recipe; returns the exit status: 1, with one message per problem, on bad input.
+
+    Ctrl-C is one line and status 130 (what the shell gives a process that
+    SIGINT ended); checkpoints are written whole, so the last one is kept.
+    """
     try:
         train(sys.argv[1:] if argv is None else argv)
     except INPUT_PROBLEMS as error:
         print(f"recipes/train.py: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("recipes/train.py: interrupted; the last checkpoint is kept: rerun the same "
+              "command to resume", file=sys.stderr)
+        return INTERRUPTED
     return 0
 
 

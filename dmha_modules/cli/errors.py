@@ -10,6 +10,8 @@
   exit 1.
 - 2: bad usage: options argparse refuses (it exits itself) or values the
   library function refuses.
+- 130: interrupted (Ctrl-C): one line, no traceback; outputs are written
+  whole or not at all, so earlier ones are kept as they were.
 
 Example
 -------
@@ -27,6 +29,7 @@ dmha: b.lst: no such file
 """
 
 import pickle
+import signal
 import sys
 
 from dmha_modules.inference import AudioError
@@ -63,6 +66,10 @@ INPUT_PROBLEMS = (
 )
 
 
+# The shell's status of a process that SIGINT (Ctrl-C) ended.
+INTERRUPTED = 128 + signal.SIGINT
+
+
 def exit_status(run, args):
     """Runs a verb and turns what went wrong into its exit status.
 
@@ -86,6 +93,10 @@ def exit_status(run, args):
     except ValueError as error:  # option values the function refuses
         print(f"dmha: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("dmha: interrupted; no output is left half-written (earlier ones are kept as "
+              "they were)", file=sys.stderr)
+        return INTERRUPTED
 
 
 def report_skipped(error):
