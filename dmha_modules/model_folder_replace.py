@@ -159,6 +159,13 @@ class Replacement:
     ------
     ValueError
         One line saying what is refused and why.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> replacement = Replacement(tempfile.mkdtemp(), "sample_rate: 16000", torch.nn.Linear(2, 2))
+    >>> replacement.copied, replacement.exported  # an empty folder: nothing to keep
+    ([], [])
     """
 
     def __init__(self, folder, hyperparams, embedding_model):
