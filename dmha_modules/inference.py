@@ -44,6 +44,7 @@ from dmha_modules.model_safety import (
     check_hyperparams,
     checkpoint_problems,
 )
+from dmha_modules.models import with_exact_padding
 
 logger = logging.getLogger(__name__)
 
@@ -345,6 +346,7 @@ class DMHAClassifier(EncoderClassifier):
             checkpoint = os.path.join(source, f"{name}.ckpt")
             if os.path.exists(checkpoint):
                 check_finite(module.state_dict(), checkpoint)
+        with_exact_padding(loaded.mods.embedding_model)  # folders naming SpeechBrain's ECAPA
         return loaded
 
     def encode_batch(self, wavs, wav_lens=None, normalize=False):

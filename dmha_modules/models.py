@@ -262,6 +262,23 @@ class ExactECAPA(ECAPA_TDNN):
         return self.asp(x, lengths=speechbrain_lengths(steps, x.shape[-1]))
 
 
+def with_exact_padding(model):
+    """``model``, made exact on padded batches when it is SpeechBrain's ``ECAPA_TDNN``.
+
+    Model folders written before :class:`ExactECAPA` name SpeechBrain's class;
+    it becomes ``ExactECAPA`` in place (same modules and weights, only the
+    forward differs). Any other model is returned as it is.
+
+    Example
+    -------
+    >>> type(with_exact_padding(ECAPA_TDNN(80, channels=[8, 8, 8, 8, 24]))).__name__
+    'ExactECAPA'
+    """
+    if type(model) is ECAPA_TDNN:
+        model.__class__ = ExactECAPA
+    return model
+
+
 class ChannelsFirstPooling(torch.nn.Module):
     """A ``(B, T, D)`` pooling used on ECAPA-TDNN's channels-first frames ``(B, D, T)``.
 

@@ -11,6 +11,7 @@ padding exists; SpeechBrain's classifier pads nothing there either.
 
 import numpy as np
 import pytest
+import soundfile
 import torch
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.dataio.encoder import CategoricalEncoder
@@ -57,8 +58,11 @@ def calibrate_batch_norms(modules, wavs):
     model.eval()
 
 
-def write_default_folder(name, root):
-    """The model folder of ``MODELS[name]``: the YAML's modules, random weights."""
+def write_default_folder(name, root, class_path=None):
+    """The model folder of ``MODELS[name]``: the YAML's modules, random weights.
+
+    ``class_path``: the embedding model's class as the folder names it (default the YAML's).
+    """
     hparams_file, overrides = MODELS[name]
     with open(REPO / "hparams" / hparams_file, encoding="utf-8") as f:
         hparams = load_hyperpyyaml(f, {"output_folder": str(root / "out" / name),
@@ -76,8 +80,9 @@ def write_default_folder(name, root):
     age_decoding = dict(group_posteriors="softmax", score_scale=1.0,
                         group_centres=GROUP_CENTRES) if task == "age" else None
     folder = root / name
-    write_model_folder(str(folder), modules, embedding_spec(hparams), encoder, wavs[0],
-                       task=task, age_decoding=age_decoding)
+    spec_path, kwargs = embedding_spec(hparams)
+    write_model_folder(str(folder), modules, (class_path or spec_path, kwargs), encoder,
+                       wavs[0], task=task, age_decoding=age_decoding)
     return folder
 
 
@@ -142,6 +147,12 @@ def speechbrain_alone(classifier, wavs):
         return torch.cat([classifier.encode_batch(wav[None])[:, 0] for wav in wavs])
 
 
+def generated_voices():
+    """Eight voices of 0.5 to 4 s, so that padding reaches across every receptive field."""
+    return [torch.from_numpy(voice(seconds, 16000, 90 + 17 * i, seed=10 + i))
+            for i, seconds in enumerate((4.0, 0.5, 2.7, 1.1, 3.3, 0.8, 1.9, 2.2))]
+
+
 def real_utterances(shared_data):
     """50 real utterances of 2 to 23 s: 35 of speechocean762, 15 of LibriSpeech test-other."""
     ocean = sorted((shared_data / "speechocean762" / "WAVE").glob("*/*.flac"))[::57][:35]
@@ -157,14 +168,26 @@ def real_utterances(shared_data):
 def test_padded_batches_equal_files_alone_on_generated_audio(name, default_folder, tmp_path):
     classifier = EncoderClassifier.from_hparams(source=str(default_folder(name)),
                                                 savedir=str(tmp_path / "sb"))
-    # 0.5 to 4 s, so that padding reaches across every receptive field.
-    wavs = [torch.from_numpy(voice(seconds, 16000, 90 + 17 * i, seed=10 + i))
-            for i, seconds in enumerate((4.0, 0.5, 2.7, 1.1, 3.3, 0.8, 1.9, 2.2))]
+    wavs = generated_voices()
     alone = speechbrain_alone(classifier, wavs)
     batched = speechbrain_batches(classifier, wavs, batch_size=len(wavs))
     assert_informative(alone)
     assert worst_cosine(batched, alone) >= WORST_COSINE
     torch.testing.assert_close(batched, alone, rtol=1e-4, atol=1e-4)
+
+
+def test_dmha_embed_makes_folders_naming_speechbrains_ecapa_exact(tmp_path, capsys):
+    # Folders written before ExactECAPA name SpeechBrain's own class.
+    speechbrain_ecapa = "speechbrain.lobes.models.ECAPA_TDNN.ECAPA_TDNN"
+    folder = write_default_folder("ecapa", tmp_path, speechbrain_ecapa)
+    assert f"!new:{speechbrain_ecapa}" in (folder / "hyperparams.yaml").read_text()
+    (tmp_path / "audio").mkdir()
+    paths = [tmp_path / "audio" / f"{i}.wav" for i in range(len(generated_voices()))]
+    for path, wav in zip(paths, generated_voices()):
+        soundfile.write(path, wav.numpy(), 16000, subtype="FLOAT")
+    alone = dmha_embed(capsys, folder, paths, "0.25", tmp_path)
+    assert_informative(alone)
+    assert worst_cosine(dmha_embed(capsys, folder, paths, "120", tmp_path), alone) >= WORST_COSINE
 
 
 # ---------------------------------------------------------------- real speech
