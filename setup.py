@@ -40,7 +40,15 @@ setup(
         # scikit-learn is the reference for the classification metrics, kaldiio
         # the independent reader of the Kaldi .ark files `dmha embed` writes.
         # The ONNX packages: tests/test_onnx.py and the onnx_export doctests.
-        "test": ["pytest>=8", "librosa>=0.10,<1", "scikit-learn>=1.3,<2", "kaldiio>=2.18,<3"]
+        # MkDocs and mkdocstrings: tests/test_docs.py builds the docs site.
+        "test": [
+            "pytest>=8",
+            "librosa>=0.10,<1",
+            "scikit-learn>=1.3,<2",
+            "kaldiio>=2.18,<3",
+            "mkdocs>=1.6,<2",
+            "mkdocstrings-python>=1.10,<3",
+        ]
         + EXPORT_REQUIRES,
     },
     entry_points={"console_scripts": ["dmha=dmha_modules.cli:main"]},

@@ -1,8 +1,8 @@
-"""The training commands as the README shows them: each one parses and loads as the recipe would.
+"""The training commands as the README and the docs show them: each one parses and loads as the recipe would.
 
-The section "## Training on your corpus" shows one command per source; every
-``recipes/train.py`` command of the README (that section's, the main job's,
-torchrun's) goes through the recipe's own parsing: SpeechBrain's argument
+The section "## Training on your corpus" of ``docs/training.md`` shows one command per
+source; every ``recipes/train.py`` command of the README and the docs (that section's,
+the main job's, torchrun's, the tuning log's) goes through the recipe's own parsing: SpeechBrain's argument
 parser, the YAML with the command's overrides (an unknown option fails
 there) and the check of the source's options.
 """
@@ -13,6 +13,7 @@ import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
 
 from dmha_modules.recipe_inputs import check_source_options
+from tests.docs_pages import documentation_text
 from tests.recipe_helpers import REPO
 
 SECTION = "## Training on your corpus"
@@ -40,9 +41,9 @@ def recipe_arguments(line):
 
 
 def readme_training_commands(section=None):
-    text = (REPO / "README.md").read_text(encoding="utf-8")
+    text = documentation_text()
     if section is not None:
-        assert section in text, f"README.md has no section {section!r}"
+        assert section in text, f"neither README.md nor docs/ has a section {section!r}"
         text = text.split(section, 1)[1].split("\n## ", 1)[0]
     return [args for line in shell_lines(text) if (args := recipe_arguments(line)) is not None]
 

@@ -1,12 +1,10 @@
-"""The command line as the README shows it: every command parses, options pass through as given."""
+"""The command line as the README and the docs show it: every command parses, options pass through as given."""
 
 import shlex
-from pathlib import Path
 
 from dmha_modules import cli
 from dmha_modules.cli.options import function_arguments
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.docs_pages import DOCS, documentation_text
 
 
 def test_cli_passes_only_given_options():
@@ -37,10 +35,10 @@ def test_cli_passes_only_given_options():
 
 
 def readme_commands():
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    section = text.split("## Preparing data", 1)[1].split("\n## ", 1)[0]
+    """The ``dmha`` lines of the shell blocks of the page "Preparing data"."""
+    text = (DOCS / "preparing-data.md").read_text(encoding="utf-8")
     commands = []
-    for block in section.split("```")[1::2]:
+    for block in text.split("```")[1::2]:
         command = block.replace("\\\n", " ").strip()
         command = (
             command.split("\n", 1)[1] if command.startswith(("bash", "sh")) else command
@@ -60,8 +58,8 @@ def test_readme_shows_one_valid_command_per_source():
 
 
 def readme_shell_commands():
-    """Every ``dmha`` line of the README's shell blocks, comments and ``[ ]`` marks left out."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
+    """Every ``dmha`` line of the shell blocks of the README and the docs, comments and ``[ ]`` marks left out."""
+    text = documentation_text()
     commands = []
     for block in text.split("```")[1::2]:
         if not block.startswith(("bash", "sh")):
