@@ -5,8 +5,10 @@ For every ``--embedding`` and the default speaker and age models, as
 exactness is a property of the computation), embeddings of padded batches are
 compared with those of each file alone, through ``dmha embed`` (length buckets
 against one file per batch) and through SpeechBrain's own
-``EncoderClassifier.encode_batch``. The references are files alone, where no
-padding exists; SpeechBrain's classifier pads nothing there either.
+``EncoderClassifier.encode_batch`` given relative frame lengths (it passes its
+lengths to the normalisation and the embedding model, which count frames; with
+waveform lengths it counts a few frames past each end). The references are
+files alone, where no padding exists.
 """
 
 import numpy as np
