@@ -9,9 +9,9 @@ fraction of this machine's fp32 matmul peak, measured in the same process.
 
 Rows: DMHA at the recipes' default size and at paper size, SpeechBrain's
 ECAPA-TDNN, and the original research code's paper-size model as it ran:
-rebuilt from SPEC in ``tests/test_original.py`` (the same reference the import
+rebuilt from ``docs/original-model.md`` in ``tests/test_original.py`` (the same reference the import
 tests check against), fed librosa features computed per utterance
-(``tests/test_features.py``'s SPEC reference), with PyTorch's default
+(``tests/test_features.py``'s reference), with PyTorch's default
 contiguous layout and without ``keep_freed_memory``; its weights are those of
 the DMHA paper-size row (``dmha_modules.original`` maps them), and the cosine
 between the two rows' embeddings is printed. Each model runs in its own

@@ -1,6 +1,6 @@
 """Log-mel features of the original research code ("MFSC"), batched in torch.
 
-The recipe (see ``SPEC.md``, "Features"): scale to the 16-bit range, pre-emphasis
+The recipe (see ``docs/original-model.md``, "Features"): scale to the 16-bit range, pre-emphasis
 0.97, 25 ms Hamming windows every 10 ms without centring, magnitude spectrum,
 80 Slaney mel filters without normalisation, ``log(max(1, mel))``; then per
 utterance mean (and optionally variance) normalisation.

@@ -1,9 +1,10 @@
 """Attention poolings over time: sequences ``(B, T, D)`` to vectors ``(B, D')``.
 
-``AttentionPooling``, ``MHAPooling`` and ``DoubleMHAPooling`` follow SPEC.md
-("Poolings"). Padded steps get zero attention; scores are computed directly
-with einsum rather than through the original's ``(B*T, H, H)`` product and
-diagonal. Each pooling can also return its attention weights, for plots.
+``AttentionPooling``, ``MHAPooling`` and ``DoubleMHAPooling`` follow
+``docs/original-model.md`` ("Poolings"). Padded steps get zero attention;
+scores are computed directly with einsum rather than through the original's
+``(B*T, H, H)`` product and diagonal. Each pooling can also return its
+attention weights, for plots.
 """
 
 import math

@@ -1,4 +1,4 @@
-"""Log-mel features against independent librosa implementations of SPEC's recipe.
+"""Log-mel features against independent librosa implementations of the original's recipe (docs/original-model.md).
 
 Both framings: ``"window"`` (windows from sample 0, the project's default)
 against ``librosa_log_mel``, and ``"original"`` against ``original_mfsc``,
@@ -15,7 +15,7 @@ from dmha_modules.features import LogMelFeatures, UtteranceNorm
 
 
 def librosa_log_mel(y, sr, n_mels=80):
-    """SPEC "Features" steps 1-5 with numpy and librosa, in float64.
+    """docs/original-model.md "Features", steps 1-5, with numpy and librosa, in float64.
 
     Frames are ``win`` samples starting every ``hop`` samples, no centring.
     librosa's ``center=False`` STFT frames ``n_fft`` samples with the window
@@ -97,7 +97,7 @@ def test_matches_librosa_on_real_speech(shared_data):
             == (1 + (len(y) - int(0.025 * sr)) // int(0.01 * sr), 80)
         )
         assert np.abs(ours - reference).max() <= 1e-3, path
-        # CMN and CMVN as SPEC step 6 defines them.
+        # CMN and CMVN as step 6 of docs/original-model.md defines them.
         cmn = UtteranceNorm()(torch.from_numpy(ours)[None])[0].numpy()
         np.testing.assert_allclose(cmn, reference - reference.mean(axis=0), atol=1e-3)
         std = reference.std(axis=0)

@@ -25,7 +25,7 @@ FRONT_END_KWARGS = {
 @pytest.mark.parametrize(
     "front_end, channels, frames, out_frames, out_size",
     [
-        # SPEC: VGG4L -> (ceil(T/16), k * ceil(80/16)); VGG3L -> (ceil(T/8), 10 k);
+        # docs/original-model.md: VGG4L -> (ceil(T/16), k * ceil(80/16)); VGG3L -> (ceil(T/8), 10 k);
         # ResNet -> (ceil(T/2), k/2).
         (VGG4L(channels=1024), 1024, 350, 22, 5120),
         (VGG3L(channels=64), 64, 33, 5, 640),

@@ -1,6 +1,6 @@
 """Loading models of the original code: same outputs, no pickled code run, clear errors.
 
-The reference below is written from SPEC.md with the original's layer layout
+The reference below is written from docs/original-model.md with the original's layer layout
 and parameter names, and computes as the original does (its ``(B*T, H, H)``
 product and diagonal for the head scores, its flatten of the VGG output, the
 age variant's resnet averaging over time and frequency, its ``model_sigmoid``

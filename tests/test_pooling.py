@@ -1,4 +1,4 @@
-"""Poolings against loop-over-heads implementations of SPEC's formulas."""
+"""Poolings against loop-over-heads implementations of docs/original-model.md's formulas."""
 
 import math
 
@@ -25,13 +25,13 @@ def softmax(scores):
 
 
 def reference_attention(h, w):
-    """SPEC: a = softmax_t(h w); c = sum_t a_t h_t, for one utterance h (T, D)."""
+    """Attention: a = softmax_t(h w); c = sum_t a_t h_t, for one utterance h (T, D)."""
     a = softmax(torch.stack([h[t] @ w for t in range(len(h))]))
     return sum(a[t] * h[t] for t in range(len(h)))
 
 
 def reference_head_contexts(h, queries):
-    """SPEC MHA: per head j, s_t = <h_tj, q_j> / sqrt(H), softmax over t, c_j = sum_t a_t h_tj."""
+    """MHA: per head j, s_t = <h_tj, q_j> / sqrt(H), softmax over t, c_j = sum_t a_t h_tj."""
     heads, d = queries.shape
     contexts = []
     for j in range(heads):
@@ -45,7 +45,7 @@ def reference_head_contexts(h, queries):
 
 
 def reference_double_mha(h, queries, u, kept=None):
-    """SPEC DoubleMHA: b = softmax_j <c_j, u> over the kept heads; output sum_j b_j c_j."""
+    """DoubleMHA: b = softmax_j <c_j, u> over the kept heads; output sum_j b_j c_j."""
     contexts = reference_head_contexts(h, queries)
     kept = range(len(contexts)) if kept is None else kept
     b = softmax(torch.stack([contexts[j] @ u for j in kept]))
