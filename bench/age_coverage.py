@@ -6,7 +6,7 @@ speakers: 13 + 13 on speechocean762, so one figure moves by 7.7 points per
 speaker. This pools an experiment's held-out speakers (valid + test, none
 seen in training), predicts their utterances with the experiment's model
 folder, and repeats: calibrate on a random half, measure on the other half
-(the same code as the recipe: ``dmha_modules.age_uncertainty``). The mean
+(the same code as the recipe: ``dmha_modules.age.uncertainty``). The mean
 over splits is the coverage the split-conformal guarantee speaks of.
 
     python bench/age_coverage.py --data_folder ../shared/data/speechocean762 \
@@ -18,14 +18,14 @@ import os
 
 import numpy as np
 
-from dmha_modules.age_uncertainty import (
+from dmha_modules.age.uncertainty import (
     conformal_half_width,
     interval_coverage,
     speaker_means,
     speaker_weighted_half_width,
 )
 from dmha_modules.inference import AgeClassifier
-from dmha_modules.model_builder import read_manifest
+from dmha_modules.recipe.build import read_manifest
 
 
 def held_out_predictions(experiment, data_folder):

@@ -7,8 +7,8 @@ Writes a 16-bit WAV of seeded noise, then reads it in fresh processes, each
 reporting its own peak resident memory above what its imports took:
 
 - ``whole file``: ``soundfile.read`` of every channel as float32, then the mean
-  (how ``dmha_modules.audio.read_audio`` read multichannel audio before);
-- ``read_audio``: the block-wise down-mix of :func:`dmha_modules.audio.read_audio`;
+  (how ``dmha_modules.io.audio.read_audio`` read multichannel audio before);
+- ``read_audio``: the block-wise down-mix of :func:`dmha_modules.io.audio.read_audio`;
 - ``mono file``: the same duration as one channel, read whole (the floor).
 """
 
@@ -28,7 +28,7 @@ READERS = {
 }
 MEASURE = """
 import resource, sys, soundfile
-from dmha_modules.audio import read_audio
+from dmha_modules.io.audio import read_audio
 path = sys.argv[1]
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 wav = {reader}

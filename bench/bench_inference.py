@@ -26,10 +26,10 @@ import soundfile
 import torch
 
 from dmha_modules.cli import main as dmha
-from dmha_modules.model_folder import write_model_folder
-from dmha_modules.features import LogMelFeatures, UtteranceNorm
-from dmha_modules.heads import Classifier
-from dmha_modules.models import EmbeddingModel
+from dmha_modules.folders.model_folder import write_model_folder
+from dmha_modules.nn.features import LogMelFeatures, UtteranceNorm
+from dmha_modules.nn.heads import Classifier
+from dmha_modules.nn.models import EmbeddingModel
 
 MODELS = {
     "default": dict(front_end="VGG4L", channels=128, heads=8),
@@ -60,7 +60,7 @@ def make_model_folder(kind, folder):
     }
     encoder = CategoricalEncoder()
     encoder.update_from_iterable([str(i) for i in range(10)])
-    write_model_folder(folder, modules, ("dmha_modules.models.EmbeddingModel", kwargs),
+    write_model_folder(folder, modules, ("dmha_modules.nn.models.EmbeddingModel", kwargs),
                        encoder, 0.1 * torch.randn(48000), verification_threshold=0.5)
     assert dmha(["export", "--model", folder, "--onnx"]) == 0
 

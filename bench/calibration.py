@@ -43,23 +43,23 @@ import numpy as np
 import torch
 
 from dmha_modules import cli
-from dmha_modules.atomic import write_atomic
-from dmha_modules.audio import audio_info
-from dmha_modules.calibration import (
+from dmha_modules.io.atomic import write_atomic
+from dmha_modules.io.audio import audio_info
+from dmha_modules.scoring.calibration import (
     fit_calibration,
     load_calibration,
     save_calibration,
 )
-from dmha_modules.cllr import cllr, min_cllr
+from dmha_modules.scoring.cllr import cllr, min_cllr
 from dmha_modules.inference import DMHAClassifier
-from dmha_modules.list_norm import pairwise_cosine_stats
-from dmha_modules.metrics import (
+from dmha_modules.scoring.list_norm import pairwise_cosine_stats
+from dmha_modules.scoring.metrics import (
     cosine_scores,
     rates_at_threshold,
     trial_pairs,
     verification_metrics,
 )
-from dmha_modules.model_builder import read_manifest
+from dmha_modules.recipe.build import read_manifest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POINTS = [("target FAR 1%", {"target_far": 0.01}), ("target FAR 5%", {"target_far": 0.05}),

@@ -84,11 +84,11 @@ def noise(batch, seconds, device):
 
 def ours(name, device, compile_model):
     """Embedding and training-step functions of a DMHA or ECAPA model, as the recipe runs it."""
-    from dmha_modules.features import LogMelFeatures, UtteranceNorm
+    from dmha_modules.nn.features import LogMelFeatures, UtteranceNorm
     from dmha_modules.inference import embed_waveforms
-    from dmha_modules.heads import Classifier
-    from dmha_modules.losses import AMSoftmaxLoss
-    from dmha_modules.models import EmbeddingModel
+    from dmha_modules.nn.heads import Classifier
+    from dmha_modules.nn.losses import AMSoftmaxLoss
+    from dmha_modules.nn.models import EmbeddingModel
     from dmha_modules.allocator import keep_freed_memory
 
     keep_freed_memory()
@@ -130,9 +130,9 @@ def original(device):
     from test_features import librosa_log_mel
     from test_original import random_original_model, save_original, seed_settings
 
-    from dmha_modules.features import LogMelFeatures, UtteranceNorm
+    from dmha_modules.nn.features import LogMelFeatures, UtteranceNorm
     from dmha_modules.inference import embed_waveforms
-    from dmha_modules.models import EmbeddingModel
+    from dmha_modules.nn.models import EmbeddingModel
     from dmha_modules.original import load_original
 
     settings = seed_settings()

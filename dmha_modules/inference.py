@@ -16,10 +16,10 @@ converted to the model's, audio shorter than ``MIN_SECONDS`` is repeated up to
 it (a warning says so), long audio is processed in chunks of bounded memory
 (see ``LogMelFeatures`` and ``ConvFrontEnd``). Empty, silent, truncated,
 NaN-holding and non-audio files raise ``AudioError`` naming the file
-(:func:`dmha_modules.audio.read_checked_audio`).
+(:func:`dmha_modules.io.audio.read_checked_audio`).
 
 Loading a model folder runs what its ``hyperparams.yaml`` names, so these
-classes check it first (:func:`dmha_modules.model_safety.check_hyperparams`)
+classes check it first (:func:`dmha_modules.folders.safety.check_hyperparams`)
 unless ``trust_model=True``, and name the folder's file that fails to load.
 """
 
@@ -37,14 +37,14 @@ import torch
 from speechbrain.inference.classifiers import EncoderClassifier
 from tqdm import tqdm
 
-from dmha_modules.audio import AudioError, audio_info, read_checked_audio, resample
-from dmha_modules.model_safety import (
+from dmha_modules.io.audio import AudioError, audio_info, read_checked_audio, resample
+from dmha_modules.folders.safety import (
     ModelFolderError,
     check_finite,
     check_hyperparams,
     checkpoint_problems,
 )
-from dmha_modules.models import with_exact_padding
+from dmha_modules.nn.models import with_exact_padding
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def load_utterance(path, sample_rate, min_seconds=MIN_SECONDS):
     >>> load_utterance(path, 16000)
     Traceback (most recent call last):
     ...
-    dmha_modules.audio.AudioError: ...short.wav: silent (every sample is below one 16-bit step)
+    dmha_modules.io.audio.AudioError: ...short.wav: silent (every sample is below one 16-bit step)
     """
     wav, rate = read_checked_audio(path)
     if rate != sample_rate:
@@ -126,8 +126,8 @@ def embed_waveforms(modules, wavs, lengths=None):
 
     Example
     -------
-    >>> from dmha_modules.features import LogMelFeatures, UtteranceNorm
-    >>> from dmha_modules.models import EmbeddingModel
+    >>> from dmha_modules.nn.features import LogMelFeatures, UtteranceNorm
+    >>> from dmha_modules.nn.models import EmbeddingModel
     >>> modules = torch.nn.ModuleDict(dict(
     ...     compute_features=LogMelFeatures(), mean_var_norm=UtteranceNorm(),
     ...     embedding_model=EmbeddingModel(channels=16, heads=4, emb_dim=32).eval()))
@@ -390,7 +390,7 @@ class AgeClassifier(DMHAClassifier):
     reaches no group).
 
     Model folders calibrated on validation speakers (``recipes/train.py``
-    since the calibration, :mod:`dmha_modules.age_uncertainty`) divide the
+    since the calibration, :mod:`dmha_modules.age.uncertainty`) divide the
     group scores by their ``temperature`` for the reported probabilities
     (groups and years come from the uncalibrated ones, as in training), and
     give years an interval for one utterance: ``years_interval``

@@ -10,7 +10,7 @@ Every setting lives in the YAML and can be overridden on the command line
 (``--data_folder ...``, ``--number_of_epochs 5``, ...). The corpus is chosen
 by ``--source`` (``kaldi``, the default, ``labels``, ``commonvoice``,
 ``voxceleb`` or ``manifests``, each with its own options: see
-:mod:`dmha_modules.recipe_inputs`), whose manifests and trial list are checked
+:mod:`dmha_modules.recipe.inputs`), whose manifests and trial list are checked
 before training starts. Multi-process training:
 ``torchrun --nproc_per_node=N recipes/train.py hparams/age.yaml`` (gloo on
 CPU, nccl on GPU). Rerunning the same command resumes from the last
@@ -19,7 +19,7 @@ Bad input stops the recipe with exit status 1 and one message per problem.
 
 Both tasks share ``DMHABrain`` (features, embeddings, classifier, checkpoint
 selection); ``AgeBrain`` and ``SpeakerBrain`` say what differs: the targets,
-the metrics and the test outputs (all three in :mod:`dmha_modules.brains`).
+the metrics and the test outputs (all three in :mod:`dmha_modules.recipe.brains`).
 
 Outputs, in ``output_folder``: ``train_log.txt``, ``test_metrics.json``,
 ``confusion_matrix.png``, ``reliability_diagram.png`` and
@@ -47,12 +47,12 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from dmha_modules.allocator import keep_freed_memory
-from dmha_modules.atomic import atomic_paths
-from dmha_modules.brains import AgeBrain, SpeakerBrain
-from dmha_modules.checkpoints import refuse_another_model
+from dmha_modules.io.atomic import atomic_paths
+from dmha_modules.recipe.brains import AgeBrain, SpeakerBrain
+from dmha_modules.recipe.checkpoints import refuse_another_model
 from dmha_modules.cli.errors import INTERRUPTED
-from dmha_modules.datasets import SPLITS, dataio_prep
-from dmha_modules.model_builder import (
+from dmha_modules.recipe.datasets import SPLITS, dataio_prep
+from dmha_modules.recipe.build import (
     best_checkpoint_kwargs,
     build_model,
     gender_classes,
@@ -60,16 +60,16 @@ from dmha_modules.model_builder import (
     make_label_encoder,
     manifest_path,
 )
-from dmha_modules.model_folder import write_experiment_model
-from dmha_modules.model_safety import ModelFolderError
+from dmha_modules.folders.model_folder import write_experiment_model
+from dmha_modules.folders.safety import ModelFolderError
 from dmha_modules.prepare import BadInputError, DownloadError
-from dmha_modules.recipe_inputs import (
+from dmha_modules.recipe.inputs import (
     RecipeInputError,
     check_manifests,
     check_source_options,
     copy_prepared_manifests,
 )
-from dmha_modules.training import (
+from dmha_modules.recipe.training import (
     HeldLog,
     OutputFolderError,
     bucketed_loader_kwargs,

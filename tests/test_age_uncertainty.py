@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dmha_modules.age_uncertainty import (
+from dmha_modules.age.uncertainty import (
     calibrate_age,
     conformal_half_width,
     expected_calibration_error,

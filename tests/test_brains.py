@@ -3,9 +3,9 @@
 import speechbrain as sb
 import torch
 
-from dmha_modules.brains import DMHABrain
-from dmha_modules.losses import AMSoftmaxLoss
-from dmha_modules.training import WarmupCosineLR
+from dmha_modules.recipe.brains import DMHABrain
+from dmha_modules.nn.losses import AMSoftmaxLoss
+from dmha_modules.recipe.training import WarmupCosineLR
 
 
 def test_training_loader_sets_the_epoch_length_of_lr_and_margin_schedules():

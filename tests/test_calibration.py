@@ -16,7 +16,7 @@ import torch
 from scipy.optimize import minimize
 from scipy.stats import norm
 
-from dmha_modules.calibration import (
+from dmha_modules.scoring.calibration import (
     CALIBRATION_FILE,
     Calibration,
     bayes_threshold,
@@ -26,9 +26,9 @@ from dmha_modules.calibration import (
     quality_features,
     save_calibration,
 )
-from dmha_modules.cllr import cllr, min_cllr, pav_llrs
-from dmha_modules.list_norm import scoring_centre
-from dmha_modules.metrics import cosine_scores, trial_pairs
+from dmha_modules.scoring.cllr import cllr, min_cllr, pav_llrs
+from dmha_modules.scoring.list_norm import scoring_centre
+from dmha_modules.scoring.metrics import cosine_scores, trial_pairs
 
 
 def softplus(x):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dmha_modules.checkpoints import AtomicCheckpointer
+from dmha_modules.recipe.checkpoints import AtomicCheckpointer
 
 
 class Interrupted(Exception):

@@ -8,7 +8,7 @@ import kaldiio
 import numpy as np
 import pytest
 
-from dmha_modules.embedding_io import check_output, write_embeddings
+from dmha_modules.io.embeddings import check_output, write_embeddings
 
 IDS = ["spk1/utt-1", "b_2", "ü3", "x"]
 

@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from dmha_modules.features import LogMelFeatures, UtteranceNorm
+from dmha_modules.nn.features import LogMelFeatures, UtteranceNorm
 
 
 def librosa_log_mel(y, sr, n_mels=80):

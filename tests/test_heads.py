@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dmha_modules.heads import Classifier
+from dmha_modules.nn.heads import Classifier
 
 
 def test_classifier_outputs_cosines_of_the_pre_layer():

@@ -15,8 +15,8 @@ import soundfile
 import torch
 import torchaudio
 
-from dmha_modules import audio
-from dmha_modules.audio import read_audio, resample
+from dmha_modules.io import audio
+from dmha_modules.io.audio import read_audio, resample
 from dmha_modules.inference import MIN_SECONDS, AudioError, load_utterance
 
 # ---------------------------------------------------------------- signals

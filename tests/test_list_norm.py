@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from dmha_modules import list_norm
-from dmha_modules.calibration import Calibration, fit_calibration
-from dmha_modules.list_norm import (
+from dmha_modules.scoring import list_norm
+from dmha_modules.scoring.calibration import Calibration, fit_calibration
+from dmha_modules.scoring.list_norm import (
     MIN_FILES_TO_CENTRE,
     pairwise_cosine_stats,
     scoring_centre,
     scoring_stats,
 )
-from dmha_modules.metrics import cosine_scores, trial_pairs
+from dmha_modules.scoring.metrics import cosine_scores, trial_pairs
 
 
 def direct_stats(rows):

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from dmha_modules.heads import AgeRegressionHead
-from dmha_modules.losses import (
+from dmha_modules.nn.heads import AgeRegressionHead
+from dmha_modules.nn.losses import (
     AgeRegressionLoss,
     AMSoftmaxLoss,
     ClassWeightedCrossEntropy,

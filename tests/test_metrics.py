@@ -21,7 +21,7 @@ from sklearn.metrics import (
 )
 from speechbrain.utils.metric_stats import EER, minDCF
 
-from dmha_modules.metrics import (
+from dmha_modules.scoring.metrics import (
     classification_metrics,
     cosine_scores,
     operating_points,

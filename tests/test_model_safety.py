@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from hyperpyyaml import load_hyperpyyaml
 
-from dmha_modules.model_safety import (
+from dmha_modules.folders.safety import (
     ModelFolderError,
     UnsafeModelError,
     check_hyperparams,
@@ -48,7 +48,7 @@ ATTACKS = {
     "quoted tuple": ("pwn: '(!!python/object/apply:os.system [touch {marker}])'", 1,
                      "reads as a tuple holding the tag", False),
     "applyref": ("pwn: !applyref:os.system [touch {marker}]", 1, "calls os.system", True),
-    "attribute reference": ("norm: !new:dmha_modules.features.UtteranceNorm\n"
+    "attribute reference": ("norm: !new:dmha_modules.nn.features.UtteranceNorm\n"
                             "forward: !ref <norm.forward>", 2, "refers to an attribute", False),
     "module": ("pwn: !module:os", 1, "names modules", False),
     "include": ("pwn: !include:other.yaml", 1, "includes files", False),
@@ -112,7 +112,7 @@ def test_what_dmha_folders_and_recipes_use_passes(tmp_path):
         "pair: !tuple (3, 4)\n"
         "loss: !name:torch.nn.CrossEntropyLoss\n"
         "prepare: !name:dmha_modules.prepare.prepare_kaldi\n"
-        "choices:\n    a: !name:dmha_modules.models.EmbeddingModel\n        channels: 16\n"
+        "choices:\n    a: !name:dmha_modules.nn.models.EmbeddingModel\n        channels: 16\n"
         "model: !apply:operator.call [!apply:operator.getitem [!ref <choices>, a]]\n"
         "copy: !copy <choices>\n"
         "encoder: !new:speechbrain.dataio.encoder.CategoricalEncoder\n"

@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dmha_modules.front_ends import VGG3L, VGG4L, ResNet, VGGBlock
-from dmha_modules.features import LogMelFeatures, UtteranceNorm
-from dmha_modules.models import ECAPADoubleMHA, EmbeddingModel
-from dmha_modules.pooling import DoubleMHAPooling
+from dmha_modules.nn.front_ends import VGG3L, VGG4L, ResNet, VGGBlock
+from dmha_modules.nn.features import LogMelFeatures, UtteranceNorm
+from dmha_modules.nn.models import ECAPADoubleMHA, EmbeddingModel
+from dmha_modules.nn.pooling import DoubleMHAPooling
 
 FRONT_ENDS = ["VGG3L", "VGG4L", "ResNet"]
 POOLINGS = ["Attention", "MHA", "DoubleMHA"]

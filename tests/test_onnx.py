@@ -11,9 +11,9 @@ import onnx
 import pytest
 import torch
 
-from dmha_modules.features import LogMelFeatures, UtteranceNorm
-from dmha_modules.models import EmbeddingModel
-from dmha_modules.onnx_export import TOLERANCE, OnnxEmbedder, export_onnx
+from dmha_modules.nn.features import LogMelFeatures, UtteranceNorm
+from dmha_modules.nn.models import EmbeddingModel
+from dmha_modules.folders.onnx_export import TOLERANCE, OnnxEmbedder, export_onnx
 
 EXPORT_SECONDS = 3.0
 VAR_FLOOR = 1e-2

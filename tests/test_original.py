@@ -17,9 +17,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dmha_modules.heads import Classifier
-from dmha_modules.losses import AMSoftmaxLoss
-from dmha_modules.models import EmbeddingModel
+from dmha_modules.nn.heads import Classifier
+from dmha_modules.nn.losses import AMSoftmaxLoss
+from dmha_modules.nn.models import EmbeddingModel
 from dmha_modules.original import OriginalFormatError, decide, import_original, load_original
 
 CHANNELS = 32

@@ -38,7 +38,7 @@ from tests.test_original import (
     save_original,
 )
 
-from dmha_modules.features import LogMelFeatures, UtteranceNorm
+from dmha_modules.nn.features import LogMelFeatures, UtteranceNorm
 from dmha_modules.original import decide
 
 HEADS = {"model.py": "argmax", "model_sigmoid.py": "ordinal"}

@@ -9,8 +9,8 @@ from matplotlib.figure import Figure
 from matplotlib.image import imread
 from scipy.special import ndtri
 
-from dmha_modules import plots
-from dmha_modules.plots import (
+from dmha_modules.io import plots
+from dmha_modules.io.plots import (
     plot_confusion_matrix,
     plot_embeddings_pca,
     plot_verification_scores,

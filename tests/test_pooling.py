@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dmha_modules.pooling import AttentionPooling, DoubleMHAPooling, MHAPooling
+from dmha_modules.nn.pooling import AttentionPooling, DoubleMHAPooling, MHAPooling
 
 D, H = 24, 4  # head size 6: sqrt(H) = 2 differs from sqrt(d), so the scale is checked
 STEPS = [7, 4, 1]  # valid steps of each utterance in a batch padded to 7

@@ -17,10 +17,10 @@ import torch
 import yaml
 from hyperpyyaml import load_hyperpyyaml
 
-from dmha_modules.feature_files import extract_features
+from dmha_modules.io.feature_files import extract_features
 from dmha_modules.inference import AgeClassifier
-from dmha_modules.model_folder import export_experiment
-from dmha_modules.models import EmbeddingModel
+from dmha_modules.folders.model_folder import export_experiment
+from dmha_modules.nn.models import EmbeddingModel
 from tests.recipe_helpers import (
     REPO,
     assert_encoder_classifier_loads_offline,
@@ -332,8 +332,8 @@ DDP_WRAPPER = '''
 import os, sys
 sys.path.insert(0, {recipes!r})
 import train
-from dmha_modules.brains import DMHABrain
-from dmha_modules.checkpoints import AtomicCheckpointer
+from dmha_modules.recipe.brains import DMHABrain
+from dmha_modules.recipe.checkpoints import AtomicCheckpointer
 
 rank, out = os.environ["RANK"], {out!r}
 fit_batch, save_checkpoint = DMHABrain.fit_batch, AtomicCheckpointer.save_checkpoint

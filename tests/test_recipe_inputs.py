@@ -1,6 +1,6 @@
 """Bad input reaching recipes/train.py stops it before training, naming the file and line.
 
-The checks themselves (``dmha_modules.recipe_inputs``) are tested on small
+The checks themselves (``dmha_modules.recipe.inputs``) are tested on small
 hand-written manifests; the recipe runs show the same messages reaching the
 command line, with exit status 1 and no training started.
 """
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from speechbrain.dataio.encoder import CategoricalEncoder
 
-from dmha_modules.recipe_inputs import (
+from dmha_modules.recipe.inputs import (
     SOURCE_OPTIONS,
     RecipeInputError,
     check_manifests,

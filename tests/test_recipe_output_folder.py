@@ -13,12 +13,12 @@ import time
 
 import pytest
 
-from dmha_modules.training import LOCK_FILE, OutputFolderError, output_folder_lock
+from dmha_modules.recipe.training import LOCK_FILE, OutputFolderError, output_folder_lock
 from tests.recipe_helpers import logged_epochs, recipe_command, run_recipe
 
 HOLD_LOCK = """
 import sys, time
-from dmha_modules.training import output_folder_lock
+from dmha_modules.recipe.training import output_folder_lock
 with output_folder_lock(sys.argv[1], "the holder's command"):
     print("holding", flush=True)
     time.sleep(600)

@@ -12,7 +12,7 @@ import shlex
 import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
 
-from dmha_modules.recipe_inputs import check_source_options
+from dmha_modules.recipe.inputs import check_source_options
 from tests.docs_pages import documentation_text
 from tests.recipe_helpers import REPO
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from dmha_modules.training import LOCK_FILE, output_folder_lock
+from dmha_modules.recipe.training import LOCK_FILE, output_folder_lock
 from tests.recipe_helpers import REPO, logged_epochs, recipe_command, run_recipe, write_voice
 
 INTERRUPTED = 130  # what a shell reports for a process that SIGINT ended
@@ -124,7 +124,8 @@ def test_ctrl_c_in_the_recipe_is_one_line_and_the_rerun_resumes(corpus, tmp_path
 # dmha features, its work held after the first file until the test sends SIGINT.
 FEATURES_HELD = """
 import sys, time
-from dmha_modules import cli, feature_files
+from dmha_modules import cli
+from dmha_modules.io import feature_files
 extract_one = feature_files._extract_one
 def extract_then_wait(task):
     result = extract_one(task)

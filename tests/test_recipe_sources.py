@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from dmha_modules import cli
-from dmha_modules.age_groups import COMMONVOICE_AGE_GROUPS
+from dmha_modules.age.groups import COMMONVOICE_AGE_GROUPS
 from dmha_modules.prepare import prepare_voxceleb
 from tests.recipe_helpers import (
     assert_encoder_classifier_loads_offline,

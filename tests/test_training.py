@@ -1,11 +1,11 @@
-"""The lr schedule of the recipe (dmha_modules/training.py)."""
+"""The lr schedule of the recipe (dmha_modules/recipe/training.py)."""
 
 import math
 
 import pytest
 import torch
 
-from dmha_modules.training import WarmupCosineLR
+from dmha_modules.recipe.training import WarmupCosineLR
 
 
 def reference_rate(step, lr, epochs, warmup_epochs, final_ratio, steps_per_epoch):

@@ -2,10 +2,10 @@
 
 import torch
 
-from dmha_modules.features import LogMelFeatures, UtteranceNorm
-from dmha_modules.heads import Classifier
-from dmha_modules.losses import AMSoftmaxLoss
-from dmha_modules.models import EmbeddingModel
+from dmha_modules.nn.features import LogMelFeatures, UtteranceNorm
+from dmha_modules.nn.heads import Classifier
+from dmha_modules.nn.losses import AMSoftmaxLoss
+from dmha_modules.nn.models import EmbeddingModel
 
 
 def training_step(mask_prob):

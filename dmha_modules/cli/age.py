@@ -14,7 +14,7 @@ and a file longer than 10 s is taken as the mean embedding of its chunks (see
 
 import csv
 
-from dmha_modules.atomic import write_atomic
+from dmha_modules.io.atomic import write_atomic
 from dmha_modules.cli.errors import InputError, batch_status, report_skipped, require_output
 from dmha_modules.cli.inputs import check_audio_outputs, load_model, read_audio_inputs
 from dmha_modules.cli.options import add_command, audio_input_options, model_options, out_option

@@ -3,8 +3,8 @@
 The model's cosine scores of the trials (by default of embeddings centred on
 the mean embedding of the list's files, and standardised by the mean and
 standard deviation of the cosines between all pairs of them, see
-:mod:`dmha_modules.list_norm`) are mapped to log-likelihood ratios
-by linear logistic regression (:func:`dmha_modules.calibration.fit_calibration`,
+:mod:`dmha_modules.scoring.list_norm`) are mapped to log-likelihood ratios
+by linear logistic regression (:func:`dmha_modules.scoring.calibration.fit_calibration`,
 optionally with the trials' durations as quality measures), and the decision
 threshold is set for the operating point named: a target false-accept rate
 (read from the development non-targets' LLRs) or the Bayes threshold of a
@@ -18,14 +18,14 @@ import os
 
 import numpy as np
 
-from dmha_modules.calibration import (
+from dmha_modules.scoring.calibration import (
     CALIBRATION_FILE,
     QUALITY_TERMS,
     embedding_model_sha256,
     fit_calibration,
     save_calibration,
 )
-from dmha_modules.cllr import cllr, min_cllr
+from dmha_modules.scoring.cllr import cllr, min_cllr
 from dmha_modules.cli.errors import InputError, batch_status
 from dmha_modules.cli.inputs import check_outputs, load_model, trial_inputs, trial_seconds
 from dmha_modules.cli.options import (
@@ -37,10 +37,10 @@ from dmha_modules.cli.options import (
     probability,
 )
 from dmha_modules.cli.score import embed_trials, print_metrics, read_trial_paths
-from dmha_modules.list_norm import pairwise_cosine_stats
-from dmha_modules.metrics import cosine_scores, rates_at_threshold, verification_metrics
-from dmha_modules.model_folder_replace import CALIBRATION_PLOT_FILE
-from dmha_modules.trials import read_trials
+from dmha_modules.scoring.list_norm import pairwise_cosine_stats
+from dmha_modules.scoring.metrics import cosine_scores, rates_at_threshold, verification_metrics
+from dmha_modules.folders.replace import CALIBRATION_PLOT_FILE
+from dmha_modules.scoring.trials import read_trials
 
 CENTRINGS = ("mean", "none")
 STANDARDISINGS = ("list", "none")
@@ -204,7 +204,7 @@ def run(args):
     calibration, llrs = _calibrated(scores, labels, seconds, centre, stats, args)
     calibration.embedding_model_sha256 = embedding_model_sha256(args.model)
     save_calibration(calibration, args.model)
-    from dmha_modules.plots import plot_verification_scores  # matplotlib: slow to import
+    from dmha_modules.io.plots import plot_verification_scores  # matplotlib: slow to import
 
     plot_verification_scores(llrs, labels, plot, title=f"calibrated LLRs of {args.trials}",
                              p_target=args.p_target or 0.01,

@@ -21,7 +21,7 @@ from dmha_modules.cli.options import (
     option,
     out_option,
 )
-from dmha_modules.embedding_io import check_output, write_embeddings, written_files
+from dmha_modules.io.embeddings import check_output, write_embeddings, written_files
 
 
 def register(commands):
@@ -41,7 +41,7 @@ def register(commands):
 
 def _onnx_session(folder):
     """The ONNX Runtime session of ``<folder>/embedding.onnx``."""
-    from dmha_modules.onnx_export import OnnxEmbedder  # ONNX Runtime: an optional extra
+    from dmha_modules.folders.onnx_export import OnnxEmbedder  # ONNX Runtime: an optional extra
 
     path = os.path.join(folder, "embedding.onnx")
     if not os.path.exists(path):

@@ -33,7 +33,7 @@ import signal
 import sys
 
 from dmha_modules.inference import AudioError
-from dmha_modules.model_safety import ModelFolderError
+from dmha_modules.folders.safety import ModelFolderError
 from dmha_modules.original import OriginalFormatError
 from dmha_modules.prepare import BadInputError, DownloadError
 

@@ -11,7 +11,7 @@ import os
 from dmha_modules.cli.errors import InputError
 from dmha_modules.cli.inputs import check_outputs, check_writable, load_model
 from dmha_modules.cli.options import add_command, option, trust_model_option
-from dmha_modules.model_folder_replace import ONNX_FILE
+from dmha_modules.folders.replace import ONNX_FILE
 
 
 def register(commands):
@@ -34,7 +34,7 @@ def register(commands):
 
 def _export_experiment(args):
     """The model folder of a training output folder; the folder's problems are input errors."""
-    from dmha_modules.model_folder import export_experiment  # builds the recipe's model
+    from dmha_modules.folders.model_folder import export_experiment  # builds the recipe's model
 
     default = os.path.join(args.experiment, "model")
     # The training folder is read whole (its YAML, checkpoints, manifests); its model is ours.
@@ -49,7 +49,7 @@ def _export_experiment(args):
 
 
 def _export_onnx(folder, trust_model):
-    from dmha_modules.onnx_export import export_onnx  # the ONNX packages: an optional extra
+    from dmha_modules.folders.onnx_export import export_onnx  # the ONNX packages: an optional extra
 
     path = os.path.join(folder, ONNX_FILE)
     check_writable(path)

@@ -1,13 +1,13 @@
 """``dmha features -i files.lst``: log-mel features of audio files into ``.npy`` files.
 
-Every option is an argument of :func:`dmha_modules.feature_files.extract_features`.
+Every option is an argument of :func:`dmha_modules.io.feature_files.extract_features`.
 """
 
 import os
 
 from dmha_modules.cli.inputs import check_outputs
 from dmha_modules.cli.options import add_command, function_arguments, option, positive_int
-from dmha_modules.feature_files import extract_features
+from dmha_modules.io.feature_files import extract_features
 
 
 def register(commands):

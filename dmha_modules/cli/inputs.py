@@ -27,13 +27,13 @@ import tempfile
 
 import numpy as np
 
-from dmha_modules.audio import AUDIO_EXTENSIONS, audio_info
-from dmha_modules.calibration import CALIBRATION_FILE, load_calibration
+from dmha_modules.io.audio import AUDIO_EXTENSIONS, audio_info
+from dmha_modules.scoring.calibration import CALIBRATION_FILE, load_calibration
 from dmha_modules.cli.errors import InputError, report_skipped
 from dmha_modules import inference
 from dmha_modules.inference import AudioError, DMHAClassifier
-from dmha_modules.list_norm import scoring_centre, scoring_stats
-from dmha_modules.metrics import cosine_scores
+from dmha_modules.scoring.list_norm import scoring_centre, scoring_stats
+from dmha_modules.scoring.metrics import cosine_scores
 
 
 def check_writable(path, folder=False, parent_must_exist=False):
@@ -117,7 +117,7 @@ def check_outputs(outputs, inputs=(), read_folders=(), own=()):
     when it is an input, contains one, lies in a folder whose every file is an
     input and would overwrite one of them, or is another output. Then a model
     folder output must be new, empty or a model folder dmha wrote
-    (:func:`dmha_modules.model_folder_replace.check_replaceable`), and every
+    (:func:`dmha_modules.folders.replace.check_replaceable`), and every
     output must be writable (:func:`check_writable`).
 
     Arguments
@@ -147,7 +147,7 @@ def check_outputs(outputs, inputs=(), read_folders=(), own=()):
     ...
     ValueError: --out /... contains the input --trials /.../t.txt; give the output another path
     """
-    from dmha_modules.model_folder_replace import check_replaceable  # builds no model
+    from dmha_modules.folders.replace import check_replaceable  # builds no model
 
     inputs = [(what, path) for what, path in inputs if path is not None]
     outputs = [(label, path, kind) for label, path, kind in outputs if path is not None]
@@ -241,7 +241,7 @@ def load_model(folder, device, cls=DMHAClassifier, trust_model=False):
     """A model folder loaded with ``cls`` (its files linked into a temporary folder).
 
     Its ``hyperparams.yaml`` is checked first (see
-    :func:`dmha_modules.model_safety.check_hyperparams`) unless ``trust_model``.
+    :func:`dmha_modules.folders.safety.check_hyperparams`) unless ``trust_model``.
 
     Arguments
     ---------

@@ -1,12 +1,12 @@
 """``dmha score``: a trial list -> scores; EER, minDCF, Cllr and minCllr when it is labelled.
 
-Trial lists are read by :func:`dmha_modules.trials.read_trials` (VoxCeleb,
+Trial lists are read by :func:`dmha_modules.scoring.trials.read_trials` (VoxCeleb,
 Kaldi or unlabelled lines). With ``--cohort`` the scores are adaptive
 s-norm'd. Trials of files that fail are reported and left out. A model
 folder with ``calibration.json`` (``dmha calibrate``) gives LLRs and a
 decision per trial at its stored threshold (a calibration of centred or
 standardised cosines centres and standardises the list on its own files'
-statistics, see :mod:`dmha_modules.list_norm`); one without gives cosine
+statistics, see :mod:`dmha_modules.scoring.list_norm`); one without gives cosine
 scores, as before calibration existed, and says so.
 """
 
@@ -16,8 +16,8 @@ import sys
 import numpy as np
 import torch
 
-from dmha_modules.atomic import write_atomic
-from dmha_modules.cllr import cllr, min_cllr
+from dmha_modules.io.atomic import write_atomic
+from dmha_modules.scoring.cllr import cllr, min_cllr
 from dmha_modules.cli.errors import InputError, batch_status, require_output
 from dmha_modules.cli.inputs import (
     NOT_CALIBRATED,
@@ -38,13 +38,13 @@ from dmha_modules.cli.options import (
     positive_int,
     probability,
 )
-from dmha_modules.metrics import (
+from dmha_modules.scoring.metrics import (
     adaptive_snorm,
     cosine_scores,
     rates_at_threshold,
     verification_metrics,
 )
-from dmha_modules.trials import read_trials
+from dmha_modules.scoring.trials import read_trials
 
 
 def register(commands):
@@ -203,7 +203,7 @@ def run(args):
         return status
     print_metrics(scores, labels, args.p_target, calibration)
     if args.plot:
-        from dmha_modules.plots import plot_verification_scores  # matplotlib: slow to import
+        from dmha_modules.io.plots import plot_verification_scores  # matplotlib: slow to import
 
         point = None if calibration is None else (calibration.threshold,
                                                   calibration.point_name())

@@ -51,8 +51,8 @@ import re
 
 import torch
 
-from dmha_modules.heads import Classifier
-from dmha_modules.models import EmbeddingModel
+from dmha_modules.nn.heads import Classifier
+from dmha_modules.nn.models import EmbeddingModel
 from dmha_modules.original.files import (
     OriginalFormatError,
     merge_settings,

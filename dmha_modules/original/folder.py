@@ -36,7 +36,7 @@ def group_centres(names):
 def import_original(
     checkpoint, config, out, sample_rate=16000, task=None, groups=None, group_ages=None
 ):
-    """Writes a model folder (see ``dmha_modules.model_folder``) of an original-code model.
+    """Writes a model folder (see ``dmha_modules.folders.model_folder``) of an original-code model.
 
     The folder computes as the original did: its features (librosa's framing,
     ``LogMelFeatures(framing="original")``, at ``sample_rate``; per-utterance
@@ -78,10 +78,10 @@ def import_original(
     """
     from speechbrain.dataio.encoder import CategoricalEncoder
 
-    from dmha_modules.model_folder import noise_sample, write_model_folder
-    from dmha_modules.features import LogMelFeatures, UtteranceNorm
-    from dmha_modules.heads import Classifier
-    from dmha_modules.models import EmbeddingModel
+    from dmha_modules.folders.model_folder import noise_sample, write_model_folder
+    from dmha_modules.nn.features import LogMelFeatures, UtteranceNorm
+    from dmha_modules.nn.heads import Classifier
+    from dmha_modules.nn.models import EmbeddingModel
 
     compute_features = LogMelFeatures(sample_rate=sample_rate, framing="original")
     if compute_features.win_length > ORIGINAL_N_FFT:
@@ -118,7 +118,7 @@ def import_original(
         "configuration": settings,
     }
     cosine = write_model_folder(
-        out, modules, ("dmha_modules.models.EmbeddingModel", seed.embedding_kwargs),
+        out, modules, ("dmha_modules.nn.models.EmbeddingModel", seed.embedding_kwargs),
         encoder, noise_sample(sample_rate), task=task, age_decoding=age_decoding, card=card,
     )
     return out, cosine

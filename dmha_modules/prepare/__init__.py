@@ -22,7 +22,7 @@ Sources (one module and one public function each, also ``dmha prepare <source>``
 What they share: :mod:`.pipeline` runs the steps every source takes around
 its own reading; :mod:`.problems` reports bad input; :mod:`.listings` reads
 listing files; :mod:`.utterances` holds the rows and reads their audio
-headers (:mod:`dmha_modules.audio_headers`); :mod:`.splits` makes
+headers (:mod:`dmha_modules.io.audio_headers`); :mod:`.splits` makes
 speaker-disjoint splits; :mod:`.manifests` writes the outputs and
 :mod:`.run_record` skips unchanged runs. A new corpus is one new module
 calling :func:`.pipeline.prepare_corpus` with its reading step.

@@ -4,7 +4,7 @@ import csv
 import logging
 import os
 
-from dmha_modules.age_groups import COMMONVOICE_AGE_GROUPS
+from dmha_modules.age.groups import COMMONVOICE_AGE_GROUPS
 from dmha_modules.prepare.listings import utterance_id
 from dmha_modules.prepare.pipeline import Corpus, prepare_corpus
 from dmha_modules.prepare.splits import check_ratios

@@ -4,7 +4,7 @@
 import math
 import os
 
-from dmha_modules.age_groups import (
+from dmha_modules.age.groups import (
     DEFAULT_AGE_BINS,
     DEFAULT_AGE_GROUPS,
     age_group,

@@ -19,7 +19,7 @@ Example
 
 import os
 
-from dmha_modules.audio_headers import strip_audio_extension
+from dmha_modules.io.audio_headers import strip_audio_extension
 
 
 def read_fields(path, log, expected, count, spaced=None):

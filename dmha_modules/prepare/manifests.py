@@ -24,7 +24,7 @@ import logging
 import os
 from collections import Counter, defaultdict
 
-from dmha_modules.atomic import write_atomic
+from dmha_modules.io.atomic import write_atomic
 from dmha_modules.prepare.splits import SPLITS
 
 logger = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from dmha_modules.atomic import write_atomic
+from dmha_modules.io.atomic import write_atomic
 from dmha_modules.prepare.manifests import (
     SUMMARY_FILE,
     format_summary,

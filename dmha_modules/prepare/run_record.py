@@ -21,7 +21,7 @@ import json
 import logging
 import os
 
-from dmha_modules.atomic import write_atomic
+from dmha_modules.io.atomic import write_atomic
 
 logger = logging.getLogger(__name__)
 

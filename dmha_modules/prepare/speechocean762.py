@@ -13,7 +13,7 @@ import urllib.request
 
 from tqdm import tqdm
 
-from dmha_modules.atomic import write_atomic
+from dmha_modules.io.atomic import write_atomic
 from dmha_modules.prepare.problems import DownloadError
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def download_speechocean762(data_folder, url=SPEECHOCEAN762_URL, timeout=60.0):
                 f"{data_folder}); or unpack it yourself so that {unpacked} exists."
             ) from error
         _verify_checksum(archive + ".part", archive + ".sha256")
-        # Not dmha_modules.atomic: the ".part" file must keep its fixed name
+        # Not dmha_modules.io.atomic: the ".part" file must keep its fixed name
         # between calls, so that an interrupted download resumes.
         os.replace(archive + ".part", archive)
     else:
@@ -142,7 +142,7 @@ def _verify_checksum(path, sidecar):
 def _extract_tar(archive, data_folder):
     """Unpacks ``archive`` into ``data_folder`` through a temporary folder.
 
-    Not through :func:`dmha_modules.atomic.atomic_paths`: the folder renamed
+    Not through :func:`dmha_modules.io.atomic.atomic_paths`: the folder renamed
     into place is the archive's top folder, inside the temporary one.
     """
     staging = tempfile.mkdtemp(dir=os.path.dirname(data_folder), prefix=".unpacking-")

@@ -17,7 +17,7 @@ Example
 import os
 from dataclasses import dataclass
 
-from dmha_modules import audio_headers
+from dmha_modules.io import audio_headers
 
 
 @dataclass(slots=True, eq=False)
@@ -83,7 +83,7 @@ def probe_utterances(rows, data_folder, log, jobs, extensions=(".wav", ".flac"))
     """Fills duration and sample rate of ``rows``, rejecting unusable audio.
 
     A row's ``rel`` may lack its extension: then ``extensions`` are tried
-    (see :func:`dmha_modules.audio_headers.audio_suffixes`) and the one found
+    (see :func:`dmha_modules.io.audio_headers.audio_suffixes`) and the one found
     is appended to it.
 
     Arguments

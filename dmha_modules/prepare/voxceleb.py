@@ -13,7 +13,7 @@ from dmha_modules.prepare.utterances import (
     probe_utterances,
     reject_duplicates,
 )
-from dmha_modules.trials import parse_trial
+from dmha_modules.scoring.trials import parse_trial
 
 _SPEAKER = re.compile(r"id\d+")
 

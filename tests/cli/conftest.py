@@ -20,10 +20,10 @@ from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.inference.classifiers import EncoderClassifier
 from tests.test_inference import voice
 
-from dmha_modules.features import LogMelFeatures, UtteranceNorm
-from dmha_modules.heads import AgeRegressionHead, Classifier
-from dmha_modules.model_folder import write_model_folder
-from dmha_modules.models import EmbeddingModel
+from dmha_modules.nn.features import LogMelFeatures, UtteranceNorm
+from dmha_modules.nn.heads import AgeRegressionHead, Classifier
+from dmha_modules.folders.model_folder import write_model_folder
+from dmha_modules.nn.models import EmbeddingModel
 
 
 def calibrated_modules(seed, n_classes, cosine=True, age_head=False):
@@ -69,7 +69,7 @@ def models(tmp_path_factory):
     ``age_centres`` (no years head, cosine classifier at AM-Softmax scale)."""
     root = tmp_path_factory.mktemp("models")
     sample = torch.from_numpy(voice(1.0, 16000, 140))
-    spec = ("dmha_modules.models.EmbeddingModel", KWARGS)
+    spec = ("dmha_modules.nn.models.EmbeddingModel", KWARGS)
     folders = {name: root / name for name in ("speaker", "age", "age_centres")}
     write_model_folder(
         str(folders["speaker"]), calibrated_modules(0, 5), spec,

@@ -10,8 +10,8 @@ from tests.cli.cli_helpers import AGE_GROUPS, AM_SCALE, AUDIO, EMB, GROUP_CENTRE
 from tests.cli.conftest import calibrated_modules, encoder
 from tests.test_inference import voice
 
-from dmha_modules.heads import AgeRegressionHead, Classifier
-from dmha_modules.model_folder import write_model_folder
+from dmha_modules.nn.heads import AgeRegressionHead, Classifier
+from dmha_modules.folders.model_folder import write_model_folder
 
 GROUP_COLUMNS = slice(4, 4 + len(AGE_GROUPS))
 INTERVAL = {"calibration_speakers": 12, "temperature": 2.5, "interval_coverage": 0.8,
@@ -89,7 +89,7 @@ def calibrated(tmp_path_factory):
     decoding = dict(group_posteriors="softmax", score_scale=1.0, group_centres=GROUP_CENTRES,
                     gender_classes=["f", "m"], **INTERVAL)
     sample = torch.from_numpy(voice(1.0, 16000, 140))
-    spec = ("dmha_modules.models.EmbeddingModel", KWARGS)
+    spec = ("dmha_modules.nn.models.EmbeddingModel", KWARGS)
     write_model_folder(str(root / "gender"), modules, spec, encoder(AGE_GROUPS), sample,
                        task="age", age_decoding=decoding)
     few = {**decoding, "calibration_speakers": 3, "interval_half_width_years": None,

@@ -227,7 +227,7 @@ def test_score_normalises_a_list_by_its_own_files(model, trials, audio, referenc
                                                   tmp_path, monkeypatch, standardising):
     """A list of enough files is centred on its own mean, and standardised by its own cosine
     statistics, not the development list's."""
-    monkeypatch.setattr("dmha_modules.list_norm.MIN_FILES_TO_CENTRE", 3)
+    monkeypatch.setattr("dmha_modules.scoring.list_norm.MIN_FILES_TO_CENTRE", 3)
     calibrate(capsys, model, trials, audio, "--p_target", "0.3", "--standardising", standardising)
     content = stored(model)
     files = DEV_FILES[:3]

@@ -25,7 +25,9 @@ from tests.cli.cli_helpers import (
 from speechbrain.inference.classifiers import EncoderClassifier
 from tests.test_inference import voice, write_bad_files
 
-from dmha_modules import front_ends, inference
+from dmha_modules import inference
+
+from dmha_modules.nn import front_ends
 
 # ---------------------------------------------------------------- long audio
 

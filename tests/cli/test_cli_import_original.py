@@ -9,7 +9,7 @@ from tests.cli.cli_helpers import run_cli
 from speechbrain.inference.classifiers import EncoderClassifier
 from tests.test_inference import voice
 
-from dmha_modules.features import LogMelFeatures
+from dmha_modules.nn.features import LogMelFeatures
 
 
 @pytest.mark.parametrize("command", ["import-original", "import-seed"])

@@ -13,7 +13,7 @@ import pytest
 import torch
 from tests.cli.cli_helpers import run_cli
 
-from dmha_modules.model_safety import check_hyperparams
+from dmha_modules.folders.safety import check_hyperparams
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 UNSAFE = {

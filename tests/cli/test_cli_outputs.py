@@ -19,10 +19,10 @@ from tests.prepare.prepare_helpers import write_audio, write_text
 
 from speechbrain.inference.classifiers import EncoderClassifier
 
-from dmha_modules import model_folder
+from dmha_modules.folders import model_folder
 from dmha_modules.cli import age as age_verb
 from dmha_modules.cli import calibrate, embed, features, import_original, prepare, score
-from dmha_modules.onnx_export import OnnxEmbedder
+from dmha_modules.folders.onnx_export import OnnxEmbedder
 
 
 def tree(*roots):

@@ -22,9 +22,9 @@ from tests.cli.cli_helpers import AGE_GROUPS, GROUP_CENTRES, reference_wav, run_
 from tests.recipe_helpers import REPO
 from tests.test_inference import voice
 
-from dmha_modules.heads import Classifier
-from dmha_modules.model_builder import embedding_spec
-from dmha_modules.model_folder import write_model_folder
+from dmha_modules.nn.heads import Classifier
+from dmha_modules.recipe.build import embedding_spec
+from dmha_modules.folders.model_folder import write_model_folder
 
 # Model folder name -> (hparams file, overrides): the two defaults, then every other
 # --embedding (dmha with each front-end).

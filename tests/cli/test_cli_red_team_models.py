@@ -25,10 +25,10 @@ from tests.cli.test_cli_red_team import dmha_lines
 from tests.cli.test_cli_score import trial_lines
 from tests.test_inference import voice
 
-from dmha_modules.model_folder import write_model_folder
-from dmha_modules.model_safety import ModelFolderError, read_checkpoint
+from dmha_modules.folders.model_folder import write_model_folder
+from dmha_modules.folders.safety import ModelFolderError, read_checkpoint
 
-SPEC = ("dmha_modules.models.EmbeddingModel", KWARGS)
+SPEC = ("dmha_modules.nn.models.EmbeddingModel", KWARGS)
 AGE_DECODING = dict(group_posteriors="softmax", score_scale=1.0, group_centres=GROUP_CENTRES)
 
 

@@ -8,7 +8,7 @@ import pytest
 import soundfile
 from tests.prepare.prepare_helpers import mp4_bytes, write_audio
 
-from dmha_modules import audio_headers
+from dmha_modules.io import audio_headers
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from tests.prepare.prepare_helpers import (
 )
 
 from dmha_modules import prepare
-from dmha_modules.age_groups import age_group
+from dmha_modules.age.groups import age_group
 from dmha_modules.prepare import BadInputError
 
 

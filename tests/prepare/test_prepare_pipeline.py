@@ -13,7 +13,7 @@ from tests.prepare.prepare_helpers import (
     write_text,
 )
 
-from dmha_modules import audio_headers
+from dmha_modules.io import audio_headers
 from dmha_modules.prepare import BadInputError
 
 

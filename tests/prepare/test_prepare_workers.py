@@ -14,7 +14,7 @@ from tests.prepare.prepare_helpers import write_text
 # are still busy when the parent is killed (forked workers inherit the patch).
 SLOW_PREPARE = """
 import sys, time
-from dmha_modules import audio_headers
+from dmha_modules.io import audio_headers
 from dmha_modules.cli import main
 read = audio_headers.read_audio_header
 def slow(path):

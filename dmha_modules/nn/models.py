@@ -10,9 +10,9 @@ from speechbrain.lobes.models.ECAPA_TDNN import (
     SERes2NetBlock,
 )
 
-from dmha_modules.front_ends import VGG3L, VGG4L, ResNet
-from dmha_modules.masks import frame_mask, relative_to_steps
-from dmha_modules.pooling import AttentionPooling, DoubleMHAPooling, MHAPooling
+from dmha_modules.nn.front_ends import VGG3L, VGG4L, ResNet
+from dmha_modules.nn.masks import frame_mask, relative_to_steps
+from dmha_modules.nn.pooling import AttentionPooling, DoubleMHAPooling, MHAPooling
 
 FRONT_ENDS = {"VGG3L": VGG3L, "VGG4L": VGG4L, "ResNet": ResNet}
 
@@ -307,7 +307,7 @@ class ECAPADoubleMHA(ExactECAPA):
     """ECAPA-TDNN's frame layers with Double Multi-Head Attention pooling.
 
     :class:`ExactECAPA` (SpeechBrain's ``ECAPA_TDNN``, exact on padded batches) with its attentive statistics pooling (output
-    ``2 C``) replaced by :class:`~dmha_modules.pooling.DoubleMHAPooling` over
+    ``2 C``) replaced by :class:`~dmha_modules.nn.pooling.DoubleMHAPooling` over
     the ``C = channels[-1]`` channels of its multi-layer aggregation (output
     ``C / heads``), then ECAPA's BatchNorm and linear layer to ``lin_neurons``:
     the paper's pooling on a current frame-level network.
@@ -326,7 +326,7 @@ class ECAPADoubleMHA(ExactECAPA):
         Head-drop probability in training.
     with_std : bool
         The pooling also keeps each head's attentive standard deviation
-        (output ``2 C / heads``; see :class:`~dmha_modules.pooling.DoubleMHAPooling`).
+        (output ``2 C / heads``; see :class:`~dmha_modules.nn.pooling.DoubleMHAPooling`).
 
     Example
     -------

@@ -5,7 +5,7 @@
   classifiers.
 - ``AgeRegressionHead``: age in years, which the original did not have.
 
-The losses that train them are in :mod:`dmha_modules.losses`.
+The losses that train them are in :mod:`dmha_modules.nn.losses`.
 """
 
 import torch

@@ -31,12 +31,12 @@ Example
 >>> path = os.path.join(tempfile.mkdtemp(), "hyperparams.yaml")
 >>> with open(path, "w") as f:
 ...     _ = f.write("sample_rate: 16000\\n"
-...                 "norm: !new:dmha_modules.features.UtteranceNorm\\n"
+...                 "norm: !new:dmha_modules.nn.features.UtteranceNorm\\n"
 ...                 "pwn: !apply:os.system [touch X]\\n")
 >>> check_hyperparams(path)
 Traceback (most recent call last):
 ...
-dmha_modules.model_safety.UnsafeModelError: ...hyperparams.yaml:3: !apply:os.system calls os.system; ...
+dmha_modules.folders.safety.UnsafeModelError: ...hyperparams.yaml:3: !apply:os.system calls os.system; ...
 """
 
 import inspect
@@ -54,7 +54,7 @@ from hyperpyyaml import resolve_references
 SAFE_PACKAGES = ("dmha_modules", "speechbrain", "torch")
 # Their parts that load, fetch or run code or files given to them.
 CODE_RUNNING = (
-    "dmha_modules.cli", "dmha_modules.model_safety", "speechbrain.inference",
+    "dmha_modules.cli", "dmha_modules.folders.safety", "speechbrain.inference",
     "speechbrain.pretrained", "speechbrain.utils.fetching", "speechbrain.utils.superpowers",
     "speechbrain.utils.importutils", "torch.distributed", "torch.hub", "torch.jit",
     "torch.multiprocessing", "torch.ops", "torch.package", "torch.utils.cpp_extension",
@@ -276,7 +276,7 @@ def check_finite(state, path):
     >>> check_finite({"w": torch.ones(2), "b": torch.tensor([1.0, float("nan")])}, "m/a.ckpt")
     Traceback (most recent call last):
     ...
-    dmha_modules.model_safety.ModelFolderError: m/a.ckpt: refused: tensor b holds 1 NaN or infinite value of 2 (a broken model: its outputs would be NaN)
+    dmha_modules.folders.safety.ModelFolderError: m/a.ckpt: refused: tensor b holds 1 NaN or infinite value of 2 (a broken model: its outputs would be NaN)
     """
     import torch  # only where weights are checked
 
@@ -319,7 +319,7 @@ def read_checkpoint(path):
     >>> read_checkpoint(str(path))
     Traceback (most recent call last):
     ...
-    dmha_modules.model_safety.ModelFolderError: .../classifier.ckpt: not a readable checkpoint (truncated or corrupt: ...)
+    dmha_modules.folders.safety.ModelFolderError: .../classifier.ckpt: not a readable checkpoint (truncated or corrupt: ...)
     """
     import torch  # only where checkpoints are read
 

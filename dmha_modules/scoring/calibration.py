@@ -15,7 +15,7 @@ from the operating point alone.
   ``load_calibration``).
 
 The map can take cosines of centred embeddings, standardised by their list's
-statistics (``centre``, ``score_stats``; see :mod:`dmha_modules.list_norm`).
+statistics (``centre``, ``score_stats``; see :mod:`dmha_modules.scoring.list_norm`).
 """
 
 import dataclasses
@@ -30,9 +30,9 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import expit, logit
 
-from dmha_modules.atomic import write_atomic
-from dmha_modules.cllr import labelled_trials
-from dmha_modules.metrics import as_numpy
+from dmha_modules.io.atomic import write_atomic
+from dmha_modules.scoring.cllr import labelled_trials
+from dmha_modules.scoring.metrics import as_numpy
 
 logger = logging.getLogger(__name__)
 
@@ -444,7 +444,7 @@ def embedding_model_sha256(folder):
     """The fingerprint of a model folder's embedding model: SHA-256 of its weights.
 
     Over the tensors of ``embedding_model.ckpt`` (read as tensors only, see
-    :func:`dmha_modules.model_safety.read_checkpoint`), in key order: each
+    :func:`dmha_modules.folders.safety.read_checkpoint`), in key order: each
     key, dtype, shape and bytes. It depends on the weights, not on how the
     file was written, so a re-exported folder of the same model keeps it.
 
@@ -465,7 +465,7 @@ def embedding_model_sha256(folder):
     """
     import torch  # only where a checkpoint is read
 
-    from dmha_modules.model_safety import ModelFolderError, read_checkpoint
+    from dmha_modules.folders.safety import ModelFolderError, read_checkpoint
 
     path = os.path.join(folder, "embedding_model.ckpt")
     if not os.path.isfile(path):

@@ -10,27 +10,27 @@ import speechbrain as sb
 import torch
 from speechbrain.utils.distributed import if_main_process
 
-from dmha_modules.age_groups import age_group
-from dmha_modules.age_uncertainty import (
+from dmha_modules.age.groups import age_group
+from dmha_modules.age.uncertainty import (
     calibrate_age,
     expected_calibration_error,
     interval_coverages,
     plot_reliability,
     reliability_bins,
 )
-from dmha_modules.atomic import write_atomic
-from dmha_modules.datasets import SPLITS
+from dmha_modules.io.atomic import write_atomic
+from dmha_modules.recipe.datasets import SPLITS
 from dmha_modules.inference import group_posteriors
-from dmha_modules.metrics import (
+from dmha_modules.scoring.metrics import (
     classification_metrics,
     cosine_scores,
     trial_pairs,
     verification_metrics,
 )
-from dmha_modules.model_builder import manifest_path, read_manifest
-from dmha_modules.model_folder import CALIBRATION_FILE
-from dmha_modules.plots import plot_confusion_matrix, plot_embeddings_pca, plot_verification_scores
-from dmha_modules.training import DDPBrain
+from dmha_modules.recipe.build import manifest_path, read_manifest
+from dmha_modules.folders.model_folder import CALIBRATION_FILE
+from dmha_modules.io.plots import plot_confusion_matrix, plot_embeddings_pca, plot_verification_scores
+from dmha_modules.recipe.training import DDPBrain
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ class AgeBrain(DMHABrain):
     ``gender_loss_weight``; rows without a gender left out) when it has a gender head.
     Without ages in years in the manifests (Common Voice, labels files) only the groups are
     trained and measured. ``calibrate`` fits the temperature and the age intervals on the
-    validation speakers (:mod:`dmha_modules.age_uncertainty`); the test metrics then add the
+    validation speakers (:mod:`dmha_modules.age.uncertainty`); the test metrics then add the
     expected calibration errors and the intervals' coverage. The test outputs add a
     confusion matrix and a reliability diagram.
 

@@ -23,8 +23,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from scipy.special import ndtri
 
-from dmha_modules.atomic import atomic_paths
-from dmha_modules.metrics import (
+from dmha_modules.io.atomic import atomic_paths
+from dmha_modules.scoring.metrics import (
     as_numpy,
     operating_points,
     rates_at_threshold,
@@ -51,7 +51,7 @@ DET_UPPER_LIMITS = [0.4, 0.6, 0.8, 0.9, 0.95, 0.99, 0.999, 0.9999]
 def save_png(figure, path):
     """Writes ``figure`` to ``path`` as a PNG atomically; returns ``path``.
 
-    Through :func:`dmha_modules.atomic.atomic_paths`: an existing image is
+    Through :func:`dmha_modules.io.atomic.atomic_paths`: an existing image is
     replaced only by a complete one. Missing parent folders are created.
 
     Arguments

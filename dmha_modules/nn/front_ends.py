@@ -12,7 +12,7 @@ markedly faster on CPU than the default one (``bench/speed.py``).
 import torch
 import torch.nn.functional as F
 
-from dmha_modules.masks import mask_time, relative_to_steps
+from dmha_modules.nn.masks import mask_time, relative_to_steps
 
 
 class ConvFrontEnd(torch.nn.Module):

@@ -1,7 +1,7 @@
 """Replacing a model folder: which existing folders may be replaced, and what of theirs is kept.
 
 A model folder is written beside its place and swapped in whole
-(:func:`dmha_modules.atomic.atomic_paths`), so whatever the old folder held
+(:func:`dmha_modules.io.atomic.atomic_paths`), so whatever the old folder held
 that the new one does not would be gone. Two rules keep that from losing
 a user's files:
 
@@ -38,7 +38,7 @@ import shutil
 import torch
 import yaml
 
-from dmha_modules.calibration import CALIBRATION_FILE
+from dmha_modules.scoring.calibration import CALIBRATION_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def model_folder_files():
     -------
     set of str
     """
-    from dmha_modules.model_folder import MODEL_CHECKPOINTS  # that module imports this one
+    from dmha_modules.folders.model_folder import MODEL_CHECKPOINTS  # that module imports this one
 
     return {"hyperparams.yaml", "model_card.md", "train_hyperparams.yaml", "label_encoder.ckpt",
             *(f"{name}.ckpt" for name in MODEL_CHECKPOINTS), *ADDED_FILES}
@@ -199,7 +199,7 @@ class Replacement:
             logger.info("%s: %s kept (the new model computes the same embeddings)",
                         self.folder, ", ".join(self.copied))
         if self.exported:
-            from dmha_modules.onnx_export import export_onnx  # ONNX packages: an optional extra
+            from dmha_modules.folders.onnx_export import export_onnx  # ONNX packages: an optional extra
 
             export_onnx(modules["compute_features"], modules["mean_var_norm"],
                         modules["embedding_model"], os.path.join(temporary, ONNX_FILE))

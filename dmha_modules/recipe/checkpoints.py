@@ -8,8 +8,8 @@ import torch
 from speechbrain.utils.checkpoints import CKPT_PREFIX, METAFNAME, Checkpointer
 from speechbrain.utils.distributed import if_main_process
 
-from dmha_modules.model_safety import read_checkpoint
-from dmha_modules.training import OutputFolderError
+from dmha_modules.folders.safety import read_checkpoint
+from dmha_modules.recipe.training import OutputFolderError
 
 PENDING_SUFFIX = ".pending"
 
@@ -135,7 +135,7 @@ def refuse_another_model(checkpointer, hparams):
     >>> refuse_another_model(wider, {"output_folder": folder, "size": 3, "epochs": 1})
     Traceback (most recent call last):
     ...
-    dmha_modules.training.OutputFolderError: .../CKPT+...: not resumed: these options build another model than the checkpoint's run; options that differ from it (.../hyperparams.yaml): --size 2 then, 3 now; rerun with that run's options to resume, or choose another --output_folder
+    dmha_modules.recipe.training.OutputFolderError: .../CKPT+...: not resumed: these options build another model than the checkpoint's run; options that differ from it (.../hyperparams.yaml): --size 2 then, 3 now; rerun with that run's options to resume, or choose another --output_folder
     """
     checkpoint = checkpointer.find_checkpoint()
     if checkpoint is None:

@@ -15,7 +15,7 @@ import torchaudio
 
 # The one list of audio extensions lives with the header parsers, which
 # data preparation imports without torch.
-from dmha_modules.audio_headers import AUDIO_EXTENSIONS, file_problem, riff_chunks  # noqa: F401
+from dmha_modules.io.audio_headers import AUDIO_EXTENSIONS, file_problem, riff_chunks  # noqa: F401
 
 # Frames read at a time from multichannel files, which are down-mixed block by block.
 _BLOCK_FRAMES = 1 << 18
@@ -29,7 +29,7 @@ class AudioError(ValueError):
     >>> audio_info("missing.wav")
     Traceback (most recent call last):
     ...
-    dmha_modules.audio.AudioError: missing.wav: no such file
+    dmha_modules.io.audio.AudioError: missing.wav: no such file
     """
 
 
@@ -74,7 +74,7 @@ def read_checked_audio(path):
     >>> read_checked_audio(path)
     Traceback (most recent call last):
     ...
-    dmha_modules.audio.AudioError: ...inf.wav: 1 samples are NaN or infinite
+    dmha_modules.io.audio.AudioError: ...inf.wav: 1 samples are NaN or infinite
     """
     info = audio_info(path)
     missing = wav_bytes_missing(path)

@@ -4,7 +4,7 @@
   the best monotone recalibration of the scores (Brümmer & du Preez 2006).
 - ``pav_llrs``: the optimally calibrated LLRs of labelled scores (PAV).
 
-``Cllr - minCllr`` is what a calibration (``dmha_modules.calibration``) loses.
+``Cllr - minCllr`` is what a calibration (``dmha_modules.scoring.calibration``) loses.
 """
 
 import math
@@ -12,7 +12,7 @@ import math
 import numpy as np
 from scipy.special import logit
 
-from dmha_modules.metrics import as_numpy
+from dmha_modules.scoring.metrics import as_numpy
 
 
 def labelled_trials(values, labels):

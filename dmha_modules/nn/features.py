@@ -13,7 +13,7 @@ utterance gives the same features alone or padded inside a batch.
 import torch
 import torchaudio
 
-from dmha_modules.masks import frame_mask
+from dmha_modules.nn.masks import frame_mask
 
 FRAMINGS = ("window", "original")
 

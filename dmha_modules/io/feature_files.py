@@ -13,8 +13,8 @@ from multiprocessing import get_context
 import numpy
 from tqdm import tqdm
 
-from dmha_modules.atomic import write_atomic
-from dmha_modules.audio_headers import (
+from dmha_modules.io.atomic import write_atomic
+from dmha_modules.io.audio_headers import (
     audio_not_found,
     audio_suffixes,
     strip_audio_extension,
@@ -63,14 +63,14 @@ def extract_features(
     The original's feature-extraction step (``featureExtractor.py -i
     files.lst``): one audio path per line, extension optional (``.wav``
     then ``.flac`` are tried). Each file's ``(frames, 80)`` float32 raw
-    log-mel matrix (:class:`dmha_modules.features.LogMelFeatures`, no mean
+    log-mel matrix (:class:`dmha_modules.nn.features.LogMelFeatures`, no mean
     normalisation: the recipe normalises per utterance) goes next to the
     audio with the extension ``.npy``, or under ``out_dir`` at the list's
     relative path. Multi-channel audio is averaged to mono. Files are done
     in parallel processes; existing features newer than their audio are
     kept unless ``overwrite``, so an interrupted run resumes. Bad lines, and
     files that fail the audio check of every command
-    (:func:`dmha_modules.audio.read_checked_audio`: missing, empty, corrupt,
+    (:func:`dmha_modules.io.audio.read_checked_audio`: missing, empty, corrupt,
     truncated, silent, NaN or Inf samples), are reported together at the end,
     after every good file is done.
 
@@ -185,8 +185,8 @@ def _extract_one(task):
     # torch only here: listing the files should not pay for importing it.
     import torch
 
-    from dmha_modules.audio import AudioError, read_checked_audio
-    from dmha_modules.features import LogMelFeatures
+    from dmha_modules.io.audio import AudioError, read_checked_audio
+    from dmha_modules.nn.features import LogMelFeatures
 
     line_number, path, suffixes, target, overwrite = task
     candidates = [path + suffix for suffix in suffixes]

@@ -33,7 +33,7 @@ import torch
 from matplotlib.figure import Figure
 
 from dmha_modules.inference import group_posteriors
-from dmha_modules.plots import DPI, save_png
+from dmha_modules.io.plots import DPI, save_png
 
 
 def conformal_level(n, coverage):

@@ -19,16 +19,16 @@ import shutil
 import torch
 import yaml
 
-from dmha_modules.atomic import atomic_paths
+from dmha_modules.io.atomic import atomic_paths
 from dmha_modules.inference import AudioError, embed_waveforms, load_utterance
-from dmha_modules.model_builder import (
+from dmha_modules.recipe.build import (
     best_checkpoint_kwargs,
     build_model,
     embedding_spec,
     make_label_encoder,
     read_manifest,
 )
-from dmha_modules.model_safety import check_finite, check_hyperparams, read_checkpoint
+from dmha_modules.folders.safety import check_finite, check_hyperparams, read_checkpoint
 
 MODEL_CHECKPOINTS = ("embedding_model", "classifier", "age_head", "gender_head")
 # An age experiment's calibration on its validation speakers, in its output folder.
@@ -72,7 +72,7 @@ def model_hyperparams(modules, embedding, task, age_decoding=None, verification_
     extra = ""
     if "age_head" in modules:
         extra += "age_head: " + yaml_new(
-            "dmha_modules.heads.AgeRegressionHead",
+            "dmha_modules.nn.heads.AgeRegressionHead",
             {"input_size": modules["age_head"].linear.in_features},
         ) + "\n"
     if "gender_head" in modules:
@@ -99,12 +99,12 @@ def model_hyperparams(modules, embedding, task, age_decoding=None, verification_
 task: {task}
 sample_rate: {features.sample_rate}
 verification_threshold: {"null" if verification_threshold is None else verification_threshold}
-compute_features: {yaml_new("dmha_modules.features.LogMelFeatures", {
+compute_features: {yaml_new("dmha_modules.nn.features.LogMelFeatures", {
         "sample_rate": features.sample_rate,
         "n_mels": int(features.mel_filters.shape[1]),
         "hop_length_ms": 1000 * features.hop_length / features.sample_rate,
         "framing": features.framing})}
-mean_var_norm: {yaml_new("dmha_modules.features.UtteranceNorm", {
+mean_var_norm: {yaml_new("dmha_modules.nn.features.UtteranceNorm", {
         "std_norm": modules["mean_var_norm"].std_norm})}
 embedding_model: {yaml_new(*embedding)}
 mean_var_norm_emb: !new:dmha_modules.inference.NoEmbeddingNorm
@@ -118,7 +118,7 @@ modules:
 
 def classifier_yaml(classifier):
     """The ``!new:`` node of a ``heads.Classifier`` with its sizes."""
-    return yaml_new("dmha_modules.heads.Classifier", {
+    return yaml_new("dmha_modules.nn.heads.Classifier", {
         "input_size": classifier.pre_layer.in_features,
         "n_classes": classifier.weight.shape[1],
         "hidden_size": classifier.pre_layer.out_features,
@@ -213,7 +213,7 @@ def write_model_folder(
         Where the folder goes: a new path, an empty folder or a model folder dmha
         wrote, replaced only once the new one checks out, keeping its
         ``calibration.json`` and ``embedding.onnx`` (see
-        :mod:`dmha_modules.model_folder_replace`); any other folder is a ``ValueError``.
+        :mod:`dmha_modules.folders.replace`); any other folder is a ``ValueError``.
     modules : dict
         ``compute_features``, ``mean_var_norm``, ``embedding_model``,
         ``classifier`` and optionally ``age_head`` and ``gender_head``
@@ -244,9 +244,9 @@ def write_model_folder(
     Example
     -------
     >>> import tempfile
-    >>> from dmha_modules.features import LogMelFeatures, UtteranceNorm
-    >>> from dmha_modules.heads import Classifier
-    >>> from dmha_modules.models import EmbeddingModel
+    >>> from dmha_modules.nn.features import LogMelFeatures, UtteranceNorm
+    >>> from dmha_modules.nn.heads import Classifier
+    >>> from dmha_modules.nn.models import EmbeddingModel
     >>> from speechbrain.dataio.encoder import CategoricalEncoder
     >>> kwargs = dict(channels=16, heads=4, emb_dim=32)
     >>> modules = dict(compute_features=LogMelFeatures(), mean_var_norm=UtteranceNorm(),
@@ -255,12 +255,12 @@ def write_model_folder(
     >>> encoder = CategoricalEncoder()
     >>> encoder.update_from_iterable(["alice", "bob"])
     >>> folder = os.path.join(tempfile.mkdtemp(), "model")
-    >>> cosine = write_model_folder(folder, modules, ("dmha_modules.models.EmbeddingModel",
+    >>> cosine = write_model_folder(folder, modules, ("dmha_modules.nn.models.EmbeddingModel",
     ...     kwargs), encoder, torch.rand(16000) - 0.5)
     >>> cosine > 0.9999, sorted(os.listdir(folder))[:3]
     (True, ['classifier.ckpt', 'embedding_model.ckpt', 'hyperparams.yaml'])
     """
-    from dmha_modules.model_folder_replace import Replacement  # it imports this module
+    from dmha_modules.folders.replace import Replacement  # it imports this module
 
     for name in MODEL_CHECKPOINTS:  # before any work: a NaN model is never written
         if name in modules:
@@ -423,7 +423,7 @@ def export_experiment(experiment, out=None, trust_model=False):
 
     The model is rebuilt from the folder's ``hyperparams.yaml`` as
     ``recipes/train.py`` built it (after the safety check of
-    :func:`dmha_modules.model_safety.check_hyperparams`, unless
+    :func:`dmha_modules.folders.safety.check_hyperparams`, unless
     ``trust_model``), and the best checkpoint by the YAML's
     ``selection_metric`` is loaded strictly (a missing or unexpected key is
     an error, not random weights).

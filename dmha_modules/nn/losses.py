@@ -1,4 +1,4 @@
-"""Losses for speakers and age (the heads they train are in :mod:`dmha_modules.heads`).
+"""Losses for speakers and age (the heads they train are in :mod:`dmha_modules.nn.heads`).
 
 - ``AMSoftmaxLoss``: additive-margin softmax on cosines, optional margin warm-up
   or the original's annealing.
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 # Model folders written before the heads had their own module name them here.
-from dmha_modules.heads import AgeRegressionHead, Classifier  # noqa: F401
+from dmha_modules.nn.heads import AgeRegressionHead, Classifier  # noqa: F401
 
 
 def batch_scores(x):
@@ -39,7 +39,7 @@ class AMSoftmaxLoss(torch.nn.Module):
     ``margin_warmup_epochs`` epochs, so the first epochs learn to separate the
     classes before they are asked to separate them by a margin. Its epoch
     length must be set in ``steps_per_epoch`` (training calls per epoch) before
-    the first call, as :class:`dmha_modules.brains.DMHABrain` does.
+    the first call, as :class:`dmha_modules.recipe.brains.DMHABrain` does.
 
     Arguments
     ---------

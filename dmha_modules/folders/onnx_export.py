@@ -43,12 +43,12 @@ import warnings
 import numpy as np
 import torch
 
-from dmha_modules.atomic import atomic_paths
-from dmha_modules.front_ends import ConvFrontEnd
-from dmha_modules.features import LogMelFeatures
+from dmha_modules.io.atomic import atomic_paths
+from dmha_modules.nn.front_ends import ConvFrontEnd
+from dmha_modules.nn.features import LogMelFeatures
 from dmha_modules.inference import embed_waveforms
-from dmha_modules.masks import frame_mask, relative_to_steps
-from dmha_modules.models import EmbeddingModel
+from dmha_modules.nn.masks import frame_mask, relative_to_steps
+from dmha_modules.nn.models import EmbeddingModel
 
 INPUT_NAMES = ("wavs", "lengths")
 OUTPUT_NAME = "embeddings"
@@ -254,7 +254,7 @@ def export_onnx(compute_features, mean_var_norm, embedding_model, path, example_
     Example
     -------
     >>> import tempfile
-    >>> from dmha_modules.features import UtteranceNorm
+    >>> from dmha_modules.nn.features import UtteranceNorm
     >>> model = EmbeddingModel(front_end="VGG3L", channels=8, pooling="Attention", emb_dim=8)
     >>> path = os.path.join(tempfile.mkdtemp(), "embedding.onnx")
     >>> export_onnx(LogMelFeatures(), UtteranceNorm(), model, path, example_seconds=0.5) <= TOLERANCE

@@ -13,9 +13,9 @@ import speechbrain as sb
 import torch
 from speechbrain.dataio.dataio import load_data_csv
 
-from dmha_modules.age_groups import COMMONVOICE_AGE_GROUPS
-from dmha_modules.losses import AMSoftmaxLoss, OrdinalRegressionLoss
-from dmha_modules.model_safety import ModelFolderError, read_checkpoint
+from dmha_modules.age.groups import COMMONVOICE_AGE_GROUPS
+from dmha_modules.nn.losses import AMSoftmaxLoss, OrdinalRegressionLoss
+from dmha_modules.folders.safety import ModelFolderError, read_checkpoint
 
 
 def label_key(hparams):
@@ -332,7 +332,7 @@ def load_initial_weights(embedding_model, folder):
 
     Example
     -------
-    >>> from dmha_modules.models import EmbeddingModel
+    >>> from dmha_modules.nn.models import EmbeddingModel
     >>> folder = getfixture("tmp_path")
     >>> trained = EmbeddingModel(channels=16, heads=4, emb_dim=32)
     >>> torch.save(trained.state_dict(), folder / "embedding_model.ckpt")
@@ -343,7 +343,7 @@ def load_initial_weights(embedding_model, folder):
     >>> load_initial_weights(EmbeddingModel(channels=16, heads=4, emb_dim=64), str(folder))
     Traceback (most recent call last):
     ...
-    dmha_modules.model_safety.ModelFolderError: .../embedding_model.ckpt: init_from: ...
+    dmha_modules.folders.safety.ModelFolderError: .../embedding_model.ckpt: init_from: ...
     """
     path = os.path.join(folder, "embedding_model.ckpt")
     if not os.path.isfile(path):

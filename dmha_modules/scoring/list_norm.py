@@ -60,7 +60,7 @@ def scoring_centre(calibration, embeddings):
 
     Example
     -------
-    >>> from dmha_modules.calibration import Calibration
+    >>> from dmha_modules.scoring.calibration import Calibration
     >>> calibration = Calibration({"score": 9.0}, -4.0, centre=[1.0, 0.0])
     >>> centre, source = scoring_centre(calibration, torch.ones(2, 2))
     >>> centre.tolist(), source
@@ -138,7 +138,7 @@ def scoring_stats(calibration, embeddings):
 
     Example
     -------
-    >>> from dmha_modules.calibration import Calibration
+    >>> from dmha_modules.scoring.calibration import Calibration
     >>> calibration = Calibration({"score": 2.0}, -4.0, score_stats=[0.1, 0.2])
     >>> scoring_stats(calibration, torch.eye(3))
     ([0.1, 0.2], "the development list's cosine statistics (fewer than 20 files)")

@@ -1,7 +1,7 @@
 """Writing embeddings: NumPy ``.npz`` / ``.npy`` or Kaldi ``.ark`` + ``.scp``.
 
 Every writer writes all its files (a pair for ``.npy`` and ``.ark``) through
-:func:`dmha_modules.atomic.atomic_paths`: temporary files first, renamed into
+:func:`dmha_modules.io.atomic.atomic_paths`: temporary files first, renamed into
 place only when all are written, so a write that fails (a full disk, say)
 leaves the old output whole and no temporary file, and an interrupted one
 never leaves half a file.
@@ -12,7 +12,7 @@ import struct
 
 import numpy as np
 
-from dmha_modules.atomic import atomic_paths
+from dmha_modules.io.atomic import atomic_paths
 
 FORMATS = (".npz", ".npy", ".ark")
 

@@ -25,7 +25,7 @@ line, in a :class:`RecipeInputError`.
 
 Speaker experiments score each held-out split on the corpus's trial list
 (``trials.csv``) when the list names that split's utterances, else on random
-pairs of its utterances (:func:`dmha_modules.metrics.trial_pairs`).
+pairs of its utterances (:func:`dmha_modules.scoring.metrics.trial_pairs`).
 """
 
 import csv
@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 
 from speechbrain.dataio.encoder import CategoricalEncoder
 
-from dmha_modules.age_groups import COMMONVOICE_AGE_GROUPS
-from dmha_modules.atomic import atomic_paths
-from dmha_modules.model_builder import class_names, label_key, manifest_path
+from dmha_modules.age.groups import COMMONVOICE_AGE_GROUPS
+from dmha_modules.io.atomic import atomic_paths
+from dmha_modules.recipe.build import class_names, label_key, manifest_path
 from dmha_modules.prepare import Problem
 
 # The options each source reads besides data_folder (all null in the YAMLs).
@@ -119,7 +119,7 @@ def check_source_options(hparams):
     ...     "train_labels": "train.txt", "trials_clients": "c.txt", "trials_file": "veri.txt"})
     Traceback (most recent call last):
     ...
-    dmha_modules.recipe_inputs.RecipeInputError: 2 problem(s) with the training's input, training did not start:
+    dmha_modules.recipe.inputs.RecipeInputError: 2 problem(s) with the training's input, training did not start:
     --trials_impostors: needed with --source labels: it goes with --trials_clients
     --trials_file: an option of --source voxceleb, not of labels
     """

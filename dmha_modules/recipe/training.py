@@ -188,7 +188,7 @@ class OutputFolderError(RuntimeError):
     >>> raise OutputFolderError("results/age/1986 is in use by a running training (pid 7: ...)")
     Traceback (most recent call last):
     ...
-    dmha_modules.training.OutputFolderError: results/age/1986 is in use by a running training (pid 7: ...)
+    dmha_modules.recipe.training.OutputFolderError: results/age/1986 is in use by a running training (pid 7: ...)
     """
 
 
@@ -221,7 +221,7 @@ def output_folder_lock(folder, command):
     ...         pass
     Traceback (most recent call last):
     ...
-    dmha_modules.training.OutputFolderError: ... is in use by a running training (pid ...: train.py age.yaml); ...
+    dmha_modules.recipe.training.OutputFolderError: ... is in use by a running training (pid ...: train.py age.yaml); ...
     """
     path = os.path.join(folder, LOCK_FILE)
     try:
@@ -293,7 +293,7 @@ class WarmupCosineLR:
     warmup_steps`` to ``lr``; it then falls along half a cosine to
     ``final_ratio * lr`` at the end of ``epochs`` epochs, and stays there.
     The run's length must be known, so the recipe sets ``steps_per_epoch``
-    from its training loader before the first step (:class:`dmha_modules.brains.DMHABrain`'s
+    from its training loader before the first step (:class:`dmha_modules.recipe.brains.DMHABrain`'s
     ``make_dataloader``). Saved with the checkpoints, so a resumed run goes
     on where it stopped.
 

@@ -11,9 +11,9 @@ import soundfile
 import speechbrain as sb
 import torch
 
-from dmha_modules.audio import read_audio
-from dmha_modules.feature_files import features_path
-from dmha_modules.model_builder import label_key, read_manifest
+from dmha_modules.io.audio import read_audio
+from dmha_modules.io.feature_files import features_path
+from dmha_modules.recipe.build import label_key, read_manifest
 
 SPLITS = ("train", "valid", "test")
 

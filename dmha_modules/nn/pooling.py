@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from dmha_modules.masks import frame_mask
+from dmha_modules.nn.masks import frame_mask
 
 
 def learned_vector(*shape):

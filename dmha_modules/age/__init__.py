@@ -1,0 +1,1 @@
+"""Age: the age groups and the uncertainty of age estimates (intervals, calibration)."""

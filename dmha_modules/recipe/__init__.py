@@ -1,0 +1,1 @@
+"""Training: the brains, datasets, checkpoints, model building, the recipe's input checks and schedules."""

@@ -1,0 +1,1 @@
+"""Scoring: trials, metrics (EER, minDCF), list normalisation, calibration and Cllr."""
