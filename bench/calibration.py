@@ -46,15 +46,15 @@ from dmha_modules import cli
 from dmha_modules.io.atomic import write_atomic
 from dmha_modules.io.audio import audio_info
 from dmha_modules.scoring.calibration import (
+    Calibration,
     fit_calibration,
     load_calibration,
     save_calibration,
 )
 from dmha_modules.scoring.cllr import cllr, min_cllr
 from dmha_modules.inference import DMHAClassifier
-from dmha_modules.scoring.list_norm import pairwise_cosine_stats
+from dmha_modules.scoring.list_norm import MIN_FILES_TO_CENTRE, normalised_cosines
 from dmha_modules.scoring.metrics import (
-    cosine_scores,
     rates_at_threshold,
     trial_pairs,
     verification_metrics,
@@ -119,16 +119,22 @@ def embed(model, paths):
 def trials_of(embeddings, seconds, speakers, chosen, normalisation="none"):
     """Every pair of the ``chosen`` utterances: cosine scores (of the embeddings centred on
     the chosen ones' mean unless ``normalisation`` is "none", then standardised by their
-    pairs' statistics if "standardised"), labels, ``(N, 2)`` durations, the pairs."""
+    pairs' statistics if "standardised", as ``normalised_cosines`` takes them for dmha score),
+    labels, ``(N, 2)`` durations, the pairs."""
     index = np.flatnonzero(chosen)
-    pairs = np.array([(index[i], index[j], same) for i, j, same in
-                      trial_pairs(speakers[index].tolist())])
-    if normalisation != "none":
-        embeddings = embeddings - embeddings[torch.from_numpy(index)].mean(dim=0)
-    scores = cosine_scores(embeddings, torch.from_numpy(pairs[:, :2])).numpy().astype(np.float64)
-    if normalisation == "standardised":
-        mean, sd = pairwise_cosine_stats(embeddings[torch.from_numpy(index)])
-        scores = (scores - mean) / sd
+    if len(index) < MIN_FILES_TO_CENTRE:
+        raise ValueError(f"a trial set of {len(index)} files: the bench centres every set on "
+                         f"its own files, which takes {MIN_FILES_TO_CENTRE} or more")
+    own = [(i, j, same) for i, j, same in trial_pairs(speakers[index].tolist())]
+    # The development statistics a Calibration stores are only used for lists under
+    # MIN_FILES_TO_CENTRE files (refused above): neutral ones of the right size stand in.
+    neutral_centre = [0.0] * embeddings.shape[1]
+    steps = Calibration({"score": 1.0}, 0.0,
+                        centre=None if normalisation == "none" else neutral_centre,
+                        score_stats=[0.0, 1.0] if normalisation == "standardised" else None)
+    scores, _ = normalised_cosines(steps, embeddings[torch.from_numpy(index)],
+                                   torch.tensor([pair[:2] for pair in own]))
+    pairs = np.array([(index[i], index[j], same) for i, j, same in own])
     return scores, pairs[:, 2].astype(int), seconds[pairs[:, :2]], pairs
 
 

@@ -85,7 +85,7 @@ def noise(batch, seconds, device):
 def ours(name, device, compile_model):
     """Embedding and training-step functions of a DMHA or ECAPA model, as the recipe runs it."""
     from dmha_modules.nn.features import LogMelFeatures, UtteranceNorm
-    from dmha_modules.inference import embed_waveforms
+    from dmha_modules.nn.embedding import embed_waveforms
     from dmha_modules.nn.heads import Classifier
     from dmha_modules.nn.losses import AMSoftmaxLoss
     from dmha_modules.nn.models import EmbeddingModel
@@ -131,7 +131,7 @@ def original(device):
     from test_original import random_original_model, save_original, seed_settings
 
     from dmha_modules.nn.features import LogMelFeatures, UtteranceNorm
-    from dmha_modules.inference import embed_waveforms
+    from dmha_modules.nn.embedding import embed_waveforms
     from dmha_modules.nn.models import EmbeddingModel
     from dmha_modules.original import load_original
 

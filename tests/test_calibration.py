@@ -17,7 +17,7 @@ from scipy.optimize import minimize
 from scipy.stats import norm
 
 from dmha_modules.scoring.calibration import (
-    CALIBRATION_FILE,
+    SCORE_CALIBRATION_FILE,
     Calibration,
     bayes_threshold,
     far_threshold,
@@ -266,8 +266,8 @@ def test_calibration_json_round_trip(tmp_path):
                          centre=[0.5, -1.25, 3.0], score_stats=[0.02, 0.18])
     assert load_calibration(tmp_path) is None
     path = save_calibration(stored, tmp_path)
-    assert path == str(tmp_path / CALIBRATION_FILE)
-    content = json.loads((tmp_path / CALIBRATION_FILE).read_text(encoding="utf-8"))
+    assert path == str(tmp_path / SCORE_CALIBRATION_FILE)
+    content = json.loads((tmp_path / SCORE_CALIBRATION_FILE).read_text(encoding="utf-8"))
     assert content["format"] == "dmha-calibration/1" and content["score"] == "cosine"
     assert load_calibration(tmp_path) == stored
 
@@ -299,8 +299,8 @@ def test_calibration_json_round_trip(tmp_path):
     ],
 )
 def test_a_bad_calibration_json_is_named(tmp_path, text, words):
-    (tmp_path / CALIBRATION_FILE).write_text(text, encoding="utf-8")
-    with pytest.raises(ValueError, match=str(tmp_path / CALIBRATION_FILE)) as error:
+    (tmp_path / SCORE_CALIBRATION_FILE).write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=str(tmp_path / SCORE_CALIBRATION_FILE)) as error:
         load_calibration(tmp_path)
     assert words in str(error.value)
 

@@ -19,8 +19,8 @@ import os
 import numpy as np
 
 from dmha_modules.scoring.calibration import (
-    CALIBRATION_FILE,
     QUALITY_TERMS,
+    SCORE_CALIBRATION_FILE,
     embedding_model_sha256,
     fit_calibration,
     save_calibration,
@@ -57,7 +57,7 @@ def register(commands):
         description="Fit a linear logistic-regression map from the model's cosine scores "
         "to log-likelihood ratios on a labelled development trial list (speakers the model "
         "was not trained on), choose the decision threshold of an operating point, and "
-        f"store both in the model folder as {CALIBRATION_FILE}.",
+        f"store both in the model folder as {SCORE_CALIBRATION_FILE}.",
     )
     model_options(parser)
     option(parser, "trials", required=True,
@@ -178,11 +178,11 @@ def _calibrated(scores, labels, seconds, centre, stats, args):
 
 def run(args):
     """Fits and stores the calibration; prints the development figures."""
-    out = os.path.join(args.model, CALIBRATION_FILE)
+    out = os.path.join(args.model, SCORE_CALIBRATION_FILE)
     default_plot = os.path.join(args.model, CALIBRATION_PLOT_FILE)
     plot = args.plot or default_plot
     trials, minimum = _labelled_trials(args)
-    check_outputs([(CALIBRATION_FILE, out, "file"), ("--plot", plot, "file")],
+    check_outputs([(SCORE_CALIBRATION_FILE, out, "file"), ("--plot", plot, "file")],
                   trial_inputs(args.trials, trials), [("--model", args.model)],
                   own=(out, default_plot))
     with load_model(args.model, args.device, trust_model=args.trust_model) as model:

@@ -28,12 +28,11 @@ import tempfile
 import numpy as np
 
 from dmha_modules.io.audio import AUDIO_EXTENSIONS, audio_info
-from dmha_modules.scoring.calibration import CALIBRATION_FILE, load_calibration
+from dmha_modules.scoring.calibration import SCORE_CALIBRATION_FILE, load_calibration
 from dmha_modules.cli.errors import InputError, report_skipped
 from dmha_modules import inference
 from dmha_modules.inference import AudioError, DMHAClassifier
-from dmha_modules.scoring.list_norm import scoring_centre, scoring_stats
-from dmha_modules.scoring.metrics import cosine_scores
+from dmha_modules.scoring.list_norm import normalised_cosines
 
 
 def check_writable(path, folder=False, parent_must_exist=False):
@@ -319,27 +318,11 @@ def read_calibration(folder):
 
 
 def calibrated_cosines(calibration, embeddings, pairs, folder):
-    """The cosines of ``pairs`` of ``embeddings`` as a model folder's ``calibration`` maps them.
-
-    Around its centre when it was fitted on centred embeddings (``scoring_centre``),
-    standardised when on standardised cosines (``scoring_stats``). Returns the scores
-    ``(N,)`` and a line per step saying which statistics were used; a calibration made
-    with another model is an ``InputError`` naming the folder's ``calibration.json``.
-    """
-    steps = []
+    """``normalised_cosines``, its failure an ``InputError`` naming ``folder``'s calibration file."""
     try:
-        if calibration.centre is not None:
-            centre, source = scoring_centre(calibration, embeddings)
-            embeddings = embeddings - centre
-            steps.append(f"cosines of embeddings centred on {source}")
-        scores = cosine_scores(embeddings, pairs).numpy().astype(np.float64)
-        if calibration.score_stats is not None:
-            (mean, sd), source = scoring_stats(calibration, embeddings)
-            scores = (scores - mean) / sd
-            steps.append(f"cosines standardised by {source}")
+        return normalised_cosines(calibration, embeddings, pairs)
     except ValueError as error:
-        raise InputError(f"{os.path.join(folder, CALIBRATION_FILE)}: {error}") from None
-    return scores, steps
+        raise InputError(f"{os.path.join(folder, SCORE_CALIBRATION_FILE)}: {error}") from None
 
 
 def trial_inputs(trials_file, trials):

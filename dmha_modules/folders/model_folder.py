@@ -20,7 +20,8 @@ import torch
 import yaml
 
 from dmha_modules.io.atomic import atomic_paths
-from dmha_modules.inference import AudioError, embed_waveforms, load_utterance
+from dmha_modules.io.audio import AudioError
+from dmha_modules.nn.embedding import embed_waveforms, load_utterance
 from dmha_modules.recipe.build import (
     best_checkpoint_kwargs,
     build_model,
@@ -28,11 +29,11 @@ from dmha_modules.recipe.build import (
     make_label_encoder,
     read_manifest,
 )
+from dmha_modules.folders.replace import MODEL_CHECKPOINTS, Replacement
 from dmha_modules.folders.safety import check_finite, check_hyperparams, read_checkpoint
 
-MODEL_CHECKPOINTS = ("embedding_model", "classifier", "age_head", "gender_head")
 # An age experiment's calibration on its validation speakers, in its output folder.
-CALIBRATION_FILE = "age_calibration.json"
+AGE_CALIBRATION_FILE = "age_calibration.json"
 
 
 def yaml_new(obj_path, kwargs, indent="    "):
@@ -260,8 +261,6 @@ def write_model_folder(
     >>> cosine > 0.9999, sorted(os.listdir(folder))[:3]
     (True, ['classifier.ckpt', 'embedding_model.ckpt', 'hyperparams.yaml'])
     """
-    from dmha_modules.folders.replace import Replacement  # it imports this module
-
     for name in MODEL_CHECKPOINTS:  # before any work: a NaN model is never written
         if name in modules:
             check_finite(modules[name].state_dict(), os.path.join(folder, f"{name}.ckpt"))
@@ -395,7 +394,7 @@ def saved_test_metrics(hparams):
 
 def saved_calibration(hparams):
     """The experiment's ``age_calibration.json`` (what ``recipes/train.py`` calibrated), or {}."""
-    path = os.path.join(hparams["output_folder"], CALIBRATION_FILE)
+    path = os.path.join(hparams["output_folder"], AGE_CALIBRATION_FILE)
     if not os.path.exists(path):
         return {}
     with open(path, encoding="utf-8") as f:

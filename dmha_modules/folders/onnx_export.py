@@ -46,7 +46,7 @@ import torch
 from dmha_modules.io.atomic import atomic_paths
 from dmha_modules.nn.front_ends import ConvFrontEnd
 from dmha_modules.nn.features import LogMelFeatures
-from dmha_modules.inference import embed_waveforms
+from dmha_modules.nn.embedding import embed_waveforms
 from dmha_modules.nn.masks import frame_mask, relative_to_steps
 from dmha_modules.nn.models import EmbeddingModel
 

@@ -38,15 +38,17 @@ import shutil
 import torch
 import yaml
 
-from dmha_modules.scoring.calibration import CALIBRATION_FILE
+from dmha_modules.scoring.calibration import SCORE_CALIBRATION_FILE
 
 logger = logging.getLogger(__name__)
 
 ONNX_FILE = "embedding.onnx"
 ONNX_PACKAGES = ("onnx", "onnxruntime", "onnxscript")  # what exporting and checking it needs
 CALIBRATION_PLOT_FILE = "calibration_det.png"  # dmha calibrate's default --plot
+# The trained modules a model folder holds, one "<name>.ckpt" each.
+MODEL_CHECKPOINTS = ("embedding_model", "classifier", "age_head", "gender_head")
 # Added to a model folder after it is written; kept when the embeddings are the same.
-ADDED_FILES = (CALIBRATION_FILE, CALIBRATION_PLOT_FILE, ONNX_FILE)
+ADDED_FILES = (SCORE_CALIBRATION_FILE, CALIBRATION_PLOT_FILE, ONNX_FILE)
 # What the model's embeddings depend on, in hyperparams.yaml.
 EMBEDDING_KEYS = ("sample_rate", "compute_features", "mean_var_norm", "embedding_model")
 
@@ -58,8 +60,6 @@ def model_folder_files():
     -------
     set of str
     """
-    from dmha_modules.folders.model_folder import MODEL_CHECKPOINTS  # that module imports this one
-
     return {"hyperparams.yaml", "model_card.md", "train_hyperparams.yaml", "label_encoder.ckpt",
             *(f"{name}.ckpt" for name in MODEL_CHECKPOINTS), *ADDED_FILES}
 

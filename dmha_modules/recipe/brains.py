@@ -28,7 +28,7 @@ from dmha_modules.scoring.metrics import (
     verification_metrics,
 )
 from dmha_modules.recipe.build import manifest_path, read_manifest
-from dmha_modules.folders.model_folder import CALIBRATION_FILE
+from dmha_modules.folders.model_folder import AGE_CALIBRATION_FILE
 from dmha_modules.io.plots import plot_confusion_matrix, plot_embeddings_pca, plot_verification_scores
 from dmha_modules.recipe.training import DDPBrain
 
@@ -363,7 +363,7 @@ class AgeBrain(DMHABrain):
         self.age_decoding.update(calibration)
         logger.info("Calibrated on the validation speakers: %s", calibration)
         if if_main_process():
-            write_atomic(os.path.join(self.hparams.output_folder, CALIBRATION_FILE),
+            write_atomic(os.path.join(self.hparams.output_folder, AGE_CALIBRATION_FILE),
                          lambda f: json.dump(calibration, f, indent=2))
 
     def stage_metrics(self, collected, stage):

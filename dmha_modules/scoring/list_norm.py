@@ -17,7 +17,10 @@ Lists of fewer than ``MIN_FILES_TO_CENTRE`` files (``dmha verify``'s two)
 use the development list's statistics, stored in the ``Calibration``.
 """
 
+import numpy as np
 import torch
+
+from dmha_modules.scoring.metrics import cosine_scores
 
 # A trial list of fewer files is centred on (and standardised by) the development
 # list's statistics instead of its own: those of a few embeddings are mostly
@@ -149,3 +152,52 @@ def scoring_stats(calibration, embeddings):
             f"the development list's cosine statistics (fewer than {MIN_FILES_TO_CENTRE} files)")
     source = f"the cosines between all pairs of these {files} files"
     return pairwise_cosine_stats(embeddings), source
+
+
+def normalised_cosines(calibration, embeddings, pairs):
+    """The cosines of ``pairs`` of ``embeddings`` as ``calibration`` takes them.
+
+    Around a centre when it was fitted on centred embeddings (``scoring_centre``),
+    standardised when on standardised cosines (``scoring_stats``).
+
+    Arguments
+    ---------
+    calibration : Calibration
+        Its ``centre`` and ``score_stats`` say which steps to take.
+    embeddings : torch.Tensor
+        ``(N, E)`` embeddings of the list's distinct files (NaN rows: files that failed).
+    pairs : torch.Tensor
+        ``(P, 2)`` row indices into ``embeddings``.
+
+    Returns
+    -------
+    scores : numpy.ndarray
+        ``(P,)`` float64.
+    steps : list of str
+        A line per step taken, saying which statistics were used.
+
+    Raises
+    ------
+    ValueError
+        The statistics cannot be taken (e.g. the cosines do not vary).
+
+    Example
+    -------
+    >>> from dmha_modules.scoring.calibration import Calibration
+    >>> calibration = Calibration({"score": 1.0}, 0.0, centre=[2.0, 0.0])
+    >>> scores, steps = normalised_cosines(calibration, torch.tensor([[2.0, 1.0], [2.0, -1.0]]),
+    ...                                    torch.tensor([[0, 1]]))
+    >>> scores.round(6).tolist(), steps
+    ([-1.0], ["cosines of embeddings centred on the development list's mean (fewer than 20 files to centre on)"])
+    """
+    steps = []
+    if calibration.centre is not None:
+        centre, source = scoring_centre(calibration, embeddings)
+        embeddings = embeddings - centre
+        steps.append(f"cosines of embeddings centred on {source}")
+    scores = cosine_scores(embeddings, pairs).numpy().astype(np.float64)
+    if calibration.score_stats is not None:
+        (mean, sd), source = scoring_stats(calibration, embeddings)
+        scores = (scores - mean) / sd
+        steps.append(f"cosines standardised by {source}")
+    return scores, steps
