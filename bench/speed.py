@@ -128,20 +128,20 @@ def original(device):
     """The original code's model and pipeline (see the module docstring), and a cosine check."""
     sys.path.insert(0, os.path.join(REPO, "tests"))
     from test_features import librosa_log_mel
-    from test_original import random_original_model, save_original, seed_settings
+    from test_original import random_original_model, save_original, original_settings
 
     from dmha_modules.nn.features import LogMelFeatures, UtteranceNorm
     from dmha_modules.nn.embedding import embed_waveforms
     from dmha_modules.nn.models import EmbeddingModel
     from dmha_modules.original import load_original
 
-    settings = seed_settings()
+    settings = original_settings()
     settings.kernel_size, settings.heads_number, settings.num_spkrs = 1024, 16, CLASSES
-    seed_model = random_original_model(settings).to(device)
+    original_model = random_original_model(settings).to(device)
     with tempfile.TemporaryDirectory() as folder:
-        checkpoint, config = save_original(seed_model.cpu(), settings, pathlib.Path(folder))
+        checkpoint, config = save_original(original_model.cpu(), settings, pathlib.Path(folder))
         converted = load_original(checkpoint, config)
-    seed_model.to(device)
+    original_model.to(device)
     dmha = EmbeddingModel(**converted.embedding_kwargs)
     dmha.load_state_dict(converted.embedding_state)
     modules = torch.nn.ModuleDict({
@@ -157,26 +157,26 @@ def original(device):
         return torch.from_numpy(feats).float().to(device)
 
     def embed(wavs):
-        seed_model.eval()
+        original_model.eval()
         with torch.no_grad():
-            return seed_model.getEmbedding(features(wavs))
+            return original_model.getEmbedding(features(wavs))
 
     labels = torch.randint(0, CLASSES, (TRAIN_BATCH,), device=device)
     # The original trained from precomputed features.
     crops = features(noise(TRAIN_BATCH, CROP_SECONDS, device))
-    optimizer = torch.optim.Adam(seed_model.parameters(), lr=1e-4)
+    optimizer = torch.optim.Adam(original_model.parameters(), lr=1e-4)
 
     def train_step():
-        seed_model.train()
+        original_model.train()
         optimizer.zero_grad()
-        _, logits = seed_model(crops, labels)
+        _, logits = original_model(crops, labels)
         F.cross_entropy(logits, labels).backward()
         optimizer.step()
 
     wav = noise(1, 7.3, device)
     with torch.inference_mode():
         cosine = F.cosine_similarity(embed(wav), embed_waveforms(modules, wav)[:, 0]).item()
-    return embed, train_step, seed_model, cosine
+    return embed, train_step, original_model, cosine
 
 
 def child(name, device, repeats, compile_model):

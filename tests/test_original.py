@@ -106,7 +106,7 @@ class SeedResNet(torch.nn.Module):
         return x.contiguous().view(x.size(0), x.size(1), x.size(2) * x.size(3))
 
 
-def seed_head_contexts(query, x):
+def original_head_contexts(query, x):
     """The original's multi-head attention: query ``(d, H)``, scores by diagonal, / sqrt(H)."""
     heads = query.size(1)
     key = x.view(x.size(0) * x.size(1), heads, -1)
@@ -132,7 +132,7 @@ class SeedMHA(torch.nn.Module):
         self.query = xavier_vector(size // heads, heads)
 
     def forward(self, x):
-        return seed_head_contexts(self.query, x).flatten(1)
+        return original_head_contexts(self.query, x).flatten(1)
 
 
 class SeedUtteranceAttention(torch.nn.Module):
@@ -156,7 +156,7 @@ class SeedDoubleMHA(torch.nn.Module):
         self.headsAttention = SeedHeadsAttention(size, heads)
 
     def forward(self, x):
-        contexts = seed_head_contexts(self.utteranceAttention.query, x)
+        contexts = original_head_contexts(self.utteranceAttention.query, x)
         weights = F.softmax((contexts @ self.headsAttention.att).squeeze(-1), dim=-1)
         return (contexts * weights.unsqueeze(-1)).sum(dim=1)
 
@@ -219,7 +219,7 @@ class SeedSpeakerClassifier(torch.nn.Module):
         return (torch.sigmoid(cosines) if self.sigmoid else cosines), logits
 
 
-def seed_settings(front_end="VGG4L", pooling="DoubleMHA"):
+def original_settings(front_end="VGG4L", pooling="DoubleMHA"):
     """Settings as the original's train.py leaves them (a subset of its options)."""
     return argparse.Namespace(
         front_end=front_end,
@@ -243,7 +243,7 @@ def seed_settings(front_end="VGG4L", pooling="DoubleMHA"):
 
 def age_settings(front_end, pooling, model_file, normalization):
     """Settings as the age variant's ``train.py`` (``model.py``) or ``train_ordinal.py`` leave them."""
-    settings = seed_settings(front_end, pooling)
+    settings = original_settings(front_end, pooling)
     settings.num_spkrs = len(AGE_GROUPS)
     settings.normalization = normalization
     settings.window_size = 1.0
@@ -274,7 +274,7 @@ def original_outputs(reference, features, sigmoid):
 
 
 def random_original_model(settings, sigmoid=False):
-    """A seed model with random weights and BN statistics that keep e2 input-dependent."""
+    """An original model with random weights and BN statistics that keep e2 input-dependent."""
     torch.manual_seed(0)
     model = SeedSpeakerClassifier(settings, sigmoid)
     with torch.no_grad():
@@ -340,12 +340,12 @@ def save_original(model, settings, directory, state=None):
 
 
 def converted_modules(checkpoint, config):
-    seed = load_original(checkpoint, config)
-    embedding_model = EmbeddingModel(**seed.embedding_kwargs)
-    embedding_model.load_state_dict(seed.embedding_state, strict=True)
-    classifier = Classifier(**seed.classifier_kwargs)
-    classifier.load_state_dict(seed.classifier_state, strict=True)
-    return seed, embedding_model.eval(), classifier.eval()
+    loaded = load_original(checkpoint, config)
+    embedding_model = EmbeddingModel(**loaded.embedding_kwargs)
+    embedding_model.load_state_dict(loaded.embedding_state, strict=True)
+    classifier = Classifier(**loaded.classifier_kwargs)
+    classifier.load_state_dict(loaded.classifier_state, strict=True)
+    return loaded, embedding_model.eval(), classifier.eval()
 
 
 @pytest.mark.parametrize(
@@ -357,28 +357,28 @@ def converted_modules(checkpoint, config):
         ("VGG3L", "Attention"),
     ],
 )
-def test_converted_model_computes_the_seed_outputs(tmp_path, front_end, pooling):
-    settings = seed_settings(front_end, pooling)
+def test_converted_model_computes_the_original_outputs(tmp_path, front_end, pooling):
+    settings = original_settings(front_end, pooling)
     reference = random_original_model(settings)
     checkpoint, config = save_original(reference, settings, tmp_path)
-    seed, model, classifier = converted_modules(checkpoint, config)
+    loaded, model, classifier = converted_modules(checkpoint, config)
 
-    assert seed.n_classes == SPEAKERS
-    assert seed.settings["feature_size"] == 80  # the checkpoint's settings win
-    assert (seed.task, seed.decision, seed.std_norm, seed.framing) == (
+    assert loaded.n_classes == SPEAKERS
+    assert loaded.settings["feature_size"] == 80  # the checkpoint's settings win
+    assert (loaded.task, loaded.decision, loaded.std_norm, loaded.framing) == (
         "speaker", "argmax", False, "original"
     )
-    assert seed.class_names == tuple(str(i) for i in range(SPEAKERS))
-    assert seed.settings["model_name"] == "CNN_test"
+    assert loaded.class_names == tuple(str(i) for i in range(SPEAKERS))
+    assert loaded.settings["model_name"] == "CNN_test"
     expected_kwargs = {
         "front_end": front_end,
         "channels": CHANNELS,
         "pooling": pooling,
         "emb_dim": EMBEDDING_SIZE,
     }
-    assert expected_kwargs.items() <= seed.embedding_kwargs.items()
+    assert expected_kwargs.items() <= loaded.embedding_kwargs.items()
     if pooling == "DoubleMHA":
-        assert seed.embedding_kwargs["mask_prob"] == pytest.approx(1 / 3)
+        assert loaded.embedding_kwargs["mask_prob"] == pytest.approx(1 / 3)
 
     torch.manual_seed(1)
     margin_loss = AMSoftmaxLoss(
@@ -401,11 +401,11 @@ def test_converted_model_computes_the_seed_outputs(tmp_path, front_end, pooling)
             print(f"{front_end} {pooling} T={frames}: 1 - cosine {1 - cosine:.1e}")
             assert cosine >= 0.9999
 
-            seed_cosines, seed_logits = reference(feats, label)
+            original_cosines, original_logits = reference(feats, label)
             our_cosines = classifier(model(feats))
-            assert torch.allclose(our_cosines[:, 0], seed_cosines, atol=1e-5)
+            assert torch.allclose(our_cosines[:, 0], original_cosines, atol=1e-5)
             assert torch.allclose(
-                margin_loss.logits(our_cosines, label), seed_logits, atol=1e-3
+                margin_loss.logits(our_cosines, label), original_logits, atol=1e-3
             )
             embeddings[frames] = theirs
     # The comparison is informative: different inputs give different embeddings.
@@ -413,18 +413,18 @@ def test_converted_model_computes_the_seed_outputs(tmp_path, front_end, pooling)
 
 
 @pytest.mark.parametrize("model_file", ["model.py", "model_sigmoid.py"])
-def test_age_variant_resnet_computes_the_seed_outputs(tmp_path, model_file):
+def test_age_variant_resnet_computes_the_original_outputs(tmp_path, model_file):
     sigmoid = model_file == "model_sigmoid.py"
     settings = age_settings("resnet", "DoubleMHA", model_file, "cmvn")
     reference = random_original_model(settings, sigmoid)
-    seed, model, classifier = converted_modules(*save_original(reference, settings, tmp_path))
+    loaded, model, classifier = converted_modules(*save_original(reference, settings, tmp_path))
 
-    assert seed.embedding_kwargs["front_end"] == "ResNet"
-    assert seed.embedding_kwargs["collapse_time"] is True
-    assert (seed.task, seed.decision, seed.std_norm) == (
+    assert loaded.embedding_kwargs["front_end"] == "ResNet"
+    assert loaded.embedding_kwargs["collapse_time"] is True
+    assert (loaded.task, loaded.decision, loaded.std_norm) == (
         "age", "ordinal" if sigmoid else "argmax", True
     )
-    assert seed.class_names == AGE_GROUPS
+    assert loaded.class_names == AGE_GROUPS
     # Ours on a padded batch, the original one utterance at a time.
     torch.manual_seed(1)
     feats = [cmn(torch.randn(1, frames, 80)) for frames in (37, 64)]
@@ -438,7 +438,7 @@ def test_age_variant_resnet_computes_the_seed_outputs(tmp_path, model_file):
         assert F.cosine_similarity(ours[index], theirs, dim=0).item() >= 0.9999
         scores = torch.sigmoid(cosines[index]) if sigmoid else cosines[index]
         torch.testing.assert_close(scores, prediction, rtol=0, atol=1e-5)
-        assert decide(cosines[index], seed.decision).item() == decision
+        assert decide(cosines[index], loaded.decision).item() == decision
 
 
 def test_import_writes_the_normalisation_resnet_and_group_names(tmp_path):
@@ -458,7 +458,7 @@ def test_import_refuses_rates_the_original_could_not_run_at(tmp_path):
 
 
 def test_fc_is_unused_in_the_resnet_only(tmp_path):
-    settings = seed_settings("VGG3L", "Attention")
+    settings = original_settings("VGG3L", "Attention")
     model = random_original_model(settings)
     state = {**model.state_dict(), "front_end.fc.weight": torch.zeros(2, 2)}
     checkpoint, config = save_original(model, settings, tmp_path, state=state)
@@ -491,7 +491,7 @@ def refused_name(obj):
 def test_config_with_other_globals_is_refused_without_running_it(tmp_path, payload):
     marker = tmp_path / "pwned"
     obj = Marker(marker) if payload == "marker" else TrainingSettings()
-    settings = seed_settings()
+    settings = original_settings()
     checkpoint, _ = save_original(random_original_model(settings), settings, tmp_path)
     config = tmp_path / "evil_config.pkl"
     with open(config, "wb") as file:
@@ -508,7 +508,7 @@ def test_config_with_other_globals_is_refused_without_running_it(tmp_path, paylo
 def test_checkpoint_with_other_globals_is_refused_without_running_it(tmp_path, payload):
     marker = tmp_path / "pwned"
     obj = Marker(marker) if payload == "marker" else TrainingSettings()
-    settings = seed_settings()
+    settings = original_settings()
     model = random_original_model(settings)
     _, config = save_original(model, settings, tmp_path)
     checkpoint = tmp_path / "evil.chkpt"
@@ -522,7 +522,7 @@ def test_checkpoint_with_other_globals_is_refused_without_running_it(tmp_path, p
 
 
 def test_missing_unknown_and_misshaped_weights_are_all_listed(tmp_path):
-    settings = seed_settings()
+    settings = original_settings()
     state = random_original_model(settings).state_dict()
     del state["fc1.bias"]
     del state["poolingLayer.headsAttention.att"]
@@ -552,8 +552,8 @@ def test_missing_unknown_and_misshaped_weights_are_all_listed(tmp_path):
     }
 
 
-def test_seed_unused_batch_norms_are_optional(tmp_path):
-    settings = seed_settings("VGG3L", "MHA")
+def test_original_unused_batch_norms_are_optional(tmp_path):
+    settings = original_settings("VGG3L", "MHA")
     model = random_original_model(settings)
     state = {
         name: value
@@ -582,7 +582,7 @@ def test_seed_unused_batch_norms_are_optional(tmp_path):
     ],
 )
 def test_unsupported_settings_are_named(tmp_path, change, expected):
-    settings = seed_settings()
+    settings = original_settings()
     checkpoint, config = save_original(random_original_model(settings), settings, tmp_path)
     changed = argparse.Namespace(**{**vars(settings), **change})
     torch.save({"model": {}, "settings": changed}, checkpoint)
@@ -594,18 +594,18 @@ def test_unsupported_settings_are_named(tmp_path, change, expected):
 
 
 def test_checkpoint_without_settings_uses_the_config(tmp_path):
-    settings = seed_settings("VGG3L", "Attention")
+    settings = original_settings("VGG3L", "Attention")
     model = random_original_model(settings)
     _, config = save_original(model, settings, tmp_path)
     checkpoint = tmp_path / "weights_only.chkpt"
     torch.save({"model": model.state_dict()}, checkpoint)
-    seed = load_original(checkpoint, config)
-    assert seed.settings == vars(settings)
-    assert seed.embedding_kwargs["pooling"] == "Attention"
+    loaded = load_original(checkpoint, config)
+    assert loaded.settings == vars(settings)
+    assert loaded.embedding_kwargs["pooling"] == "Attention"
 
 
 def test_config_that_disagrees_with_the_checkpoint_is_refused(tmp_path):
-    settings = seed_settings()
+    settings = original_settings()
     checkpoint, config = save_original(random_original_model(settings), settings, tmp_path)
     with open(config, "wb") as file:
         pickle.dump(argparse.Namespace(**{**vars(settings), "kernel_size": 64}), file)

@@ -10,9 +10,9 @@ a time through ``getEmbedding`` and ``forward``, and decisions as its
 scripts take them (``torch.max`` of the outputs; ``prediction2label`` of
 the sigmoid outputs for ``train_ordinal.py``).
 
-Ours: ``load_original``, then ``LogMelFeatures(framing=seed.framing)``,
-``UtteranceNorm(std_norm=seed.std_norm)``, ``EmbeddingModel``,
-``Classifier`` and ``decide(cosines, seed.decision)`` on padded batches.
+Ours: ``load_original``, then ``LogMelFeatures(framing=loaded.framing)``,
+``UtteranceNorm(std_norm=loaded.std_norm)``, ``EmbeddingModel``,
+``Classifier`` and ``decide(cosines, loaded.decision)`` on padded batches.
 
 Covering set: the full product of front-end (3) x pooling (3) x head (2) x
 normalisation (2), 36 small models (k = 16 for the VGGs, 32 for the resnet,
@@ -39,7 +39,7 @@ from tests.test_original import (
 )
 
 from dmha_modules.nn.features import LogMelFeatures, UtteranceNorm
-from dmha_modules.original import decide
+from dmha_modules.scoring.decisions import decide
 
 HEADS = {"model.py": "argmax", "model_sigmoid.py": "ordinal"}
 CHANNELS = {"VGG3L": 16, "VGG4L": 16, "resnet": 32}
@@ -94,7 +94,7 @@ def original_normalize(features, normalization):
     return features
 
 
-def our_outputs(seed, model, classifier, waveforms, rate, framing, std_norm):
+def our_outputs(loaded, model, classifier, waveforms, rate, framing, std_norm):
     """Embeddings, decisions and cosines of ``waveforms`` in one padded batch, with our modules."""
     compute = LogMelFeatures(sample_rate=rate, framing=framing)
     norm = UtteranceNorm(std_norm=std_norm)
@@ -106,7 +106,7 @@ def our_outputs(seed, model, classifier, waveforms, rate, framing, std_norm):
         frame_lengths = compute.frame_lengths(lengths, wavs.shape[1])
         embeddings = model(norm(compute(wavs, lengths), frame_lengths), frame_lengths)
         cosines = classifier(embeddings)[:, 0]
-    return embeddings[:, 0], decide(cosines, seed.decision), cosines
+    return embeddings[:, 0], decide(cosines, loaded.decision), cosines
 
 
 @pytest.mark.parametrize("normalization", ["cmn", "cmvn"])
@@ -119,15 +119,15 @@ def test_imported_model_reproduces_the_original_pipeline(
     settings = small_age_settings(front_end, pooling, model_file, normalization)
     sigmoid = model_file == "model_sigmoid.py"
     reference = random_original_model(settings, sigmoid=sigmoid)
-    seed, model, classifier = converted_modules(*save_original(reference, settings, tmp_path))
+    loaded, model, classifier = converted_modules(*save_original(reference, settings, tmp_path))
 
-    assert (seed.task, seed.decision, seed.framing) == ("age", HEADS[model_file], "original")
-    assert seed.std_norm == (normalization == "cmvn")
-    assert seed.class_names == AGE_GROUPS
+    assert (loaded.task, loaded.decision, loaded.framing) == ("age", HEADS[model_file], "original")
+    assert loaded.std_norm == (normalization == "cmvn")
+    assert loaded.class_names == AGE_GROUPS
     embeddings = []
     for rate, waveforms in utterances(shared_data).items():
         ours, our_decisions, cosines = our_outputs(
-            seed, model, classifier, waveforms, rate, seed.framing, seed.std_norm
+            loaded, model, classifier, waveforms, rate, loaded.framing, loaded.std_norm
         )
         for index in range(len(waveforms)):
             features = original_normalize(original_log_mel(shared_data, rate, index), normalization)
@@ -150,11 +150,11 @@ def test_window_framing_or_cmn_would_not_reproduce_it(shared_data, tmp_path):
     # framed from sample 0, or a CMVN model fed CMN features.
     settings = small_age_settings("VGG4L", "DoubleMHA", "model.py", "cmvn")
     reference = random_original_model(settings)
-    seed, model, classifier = converted_modules(*save_original(reference, settings, tmp_path))
+    loaded, model, classifier = converted_modules(*save_original(reference, settings, tmp_path))
     for framing, std_norm in (("window", True), ("original", False)):
         worst = 1.0
         for rate, waveforms in utterances(shared_data).items():
-            ours, _, _ = our_outputs(seed, model, classifier, waveforms, rate, framing, std_norm)
+            ours, _, _ = our_outputs(loaded, model, classifier, waveforms, rate, framing, std_norm)
             for index in range(len(waveforms)):
                 features = original_normalize(original_log_mel(shared_data, rate, index), "cmvn")
                 theirs, _, _ = original_outputs(reference, features, sigmoid=False)

@@ -38,7 +38,7 @@ def read_metrics(output):
 
 
 @pytest.fixture(scope="module")
-def seed_files(tmp_path_factory):
+def original_files(tmp_path_factory):
     """The original code's files, exactly as its README shows them.
 
     Labels files of ``audiosPath/audioN label -1`` lines, extension-less paths
@@ -64,13 +64,13 @@ def seed_files(tmp_path_factory):
     }
 
 
-def test_seed_age_workflow_labels_files_to_a_model(seed_files, tmp_path):
+def test_original_age_workflow_labels_files_to_a_model(original_files, tmp_path):
     output = tmp_path / "age_labels"
-    root = seed_files["root"]
+    root = original_files["root"]
     run_recipe(recipe_command(
         "age.yaml", root / "train_data", output, ONE_EPOCH, "--source=labels",
-        f"--train_labels={seed_files['train_labels']}",
-        f"--valid_labels={seed_files['valid_labels']}",
+        f"--train_labels={original_files['train_labels']}",
+        f"--valid_labels={original_files['valid_labels']}",
         f"--valid_data_folder={root / 'valid_data'}",
         "--years_loss_weight=0",
     ))
@@ -84,13 +84,13 @@ def test_seed_age_workflow_labels_files_to_a_model(seed_files, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def seed_speaker_files(tmp_path_factory):
+def original_speaker_files(tmp_path_factory):
     """Speaker labels 0..7 (3 train, 2 valid utterances each, one root) and trial files.
 
     Clients: each speaker's two valid utterances; impostors: the first valid
     utterances of consecutive speakers. ``pathA pathB`` lines, extension-less.
     """
-    root = tmp_path_factory.mktemp("seed_speakers")
+    root = tmp_path_factory.mktemp("original_speakers")
     rng = np.random.default_rng(2)
     lines = {"train": [], "valid": []}
     valid_of = {}
@@ -115,8 +115,8 @@ def seed_speaker_files(tmp_path_factory):
     }
 
 
-def test_seed_speaker_workflow_scores_its_trial_files(seed_speaker_files, tmp_path):
-    files = seed_speaker_files
+def test_original_speaker_workflow_scores_its_trial_files(original_speaker_files, tmp_path):
+    files = original_speaker_files
     output = tmp_path / "speaker_labels"
     run_recipe(recipe_command(
         "speaker.yaml", files["root"], output, ONE_EPOCH, "--source=labels",

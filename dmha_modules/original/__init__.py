@@ -1,4 +1,4 @@
-"""Models of the original research code (the "seed"): read safely, converted, imported.
+"""Models of the original research code: read safely, converted, imported.
 
 - :mod:`.files`: its ``.pkl`` settings and ``.chkpt`` checkpoints, read without
   running pickled code (``OriginalFormatError`` for anything else);

@@ -1,4 +1,4 @@
-"""Loading models trained with the original research code (the "seed").
+"""Loading models trained with the original research code.
 
 The original code (``scripts/train.py`` of
 github.com/miquelindia90/DoubleAttentionSpeakerVerification, and the
@@ -83,7 +83,7 @@ AGE_GROUP_NAMES = {
 ORIGINAL_N_FFT = 512
 # Our parameter names (the classifier's prefixed with "classifier.") to the
 # original's, as regular expression substitutions; unlisted names are the same.
-SEED_NAMES = [
+ORIGINAL_NAMES = [
     (
         r"^front_end\.blocks\.(\d+)\.conv(\d)\.",
         lambda match: f"front_end.conv{int(match[1]) + 1}{match[2]}.",
@@ -111,7 +111,7 @@ TRANSPOSED = {
 }
 # Layers the original builds but never applies in its forward pass: two
 # BatchNorms, and the resnet's final linear layer.
-UNUSED_SEED_NAMES = re.compile(r"^b[13]\.")
+UNUSED_ORIGINAL_NAMES = re.compile(r"^b[13]\.")
 UNUSED_RESNET_NAMES = re.compile(r"^(b[13]|front_end\.fc)\.")
 CLASSIFIER_PREFIX = "classifier."
 
@@ -150,10 +150,10 @@ class OriginalModel:
     Example
     -------
     >>> kwargs = dict(front_end="VGG3L", channels=8, pooling="Attention", emb_dim=4)
-    >>> seed = OriginalModel(kwargs, EmbeddingModel(**kwargs).state_dict(), {}, {}, {}, 3)
-    >>> EmbeddingModel(**seed.embedding_kwargs).load_state_dict(seed.embedding_state)
+    >>> loaded = OriginalModel(kwargs, EmbeddingModel(**kwargs).state_dict(), {}, {}, {}, 3)
+    >>> EmbeddingModel(**loaded.embedding_kwargs).load_state_dict(loaded.embedding_state)
     <All keys matched successfully>
-    >>> seed.framing, seed.decision, seed.class_names
+    >>> loaded.framing, loaded.decision, loaded.class_names
     ('original', 'argmax', ('0', '1', '2'))
     """
 
@@ -186,7 +186,7 @@ def original_name(name):
     >>> original_name("classifier.weight")
     'predictionLayer.W'
     """
-    for pattern, replacement in SEED_NAMES:
+    for pattern, replacement in ORIGINAL_NAMES:
         renamed, count = re.subn(pattern, replacement, name)
         if count:
             return renamed
@@ -278,29 +278,29 @@ def expected_shapes(embedding_kwargs, classifier_kwargs, path):
     return shapes
 
 
-def convert_state(seed_state, shapes, path, unused=UNUSED_SEED_NAMES):
+def convert_state(original_state, shapes, path, unused=UNUSED_ORIGINAL_NAMES):
     """Our state (classifier names prefixed) from the original's, checking every name and shape.
 
-    Names of ``seed_state`` matching ``unused`` are dropped; any other name
+    Names of ``original_state`` matching ``unused`` are dropped; any other name
     our modules do not use is an error.
     """
     converted, missing, wrong_shapes = {}, [], []
     for name, shape in shapes.items():
         original = original_name(name)
-        seed_shape = torch.Size(reversed(shape)) if name in TRANSPOSED else shape
-        if original not in seed_state:
+        original_shape = torch.Size(reversed(shape)) if name in TRANSPOSED else shape
+        if original not in original_state:
             missing.append(original)
             continue
-        value = seed_state[original]
-        if not isinstance(value, torch.Tensor) or value.shape != seed_shape:
+        value = original_state[original]
+        if not isinstance(value, torch.Tensor) or value.shape != original_shape:
             found = tuple(value.shape) if isinstance(value, torch.Tensor) else value
-            wrong_shapes.append(f"{original} {found} instead of {tuple(seed_shape)}")
+            wrong_shapes.append(f"{original} {found} instead of {tuple(original_shape)}")
             continue
         converted[name] = value.t().contiguous() if name in TRANSPOSED else value
     used = {original_name(name) for name in shapes}
     unknown = [
         name
-        for name in seed_state
+        for name in original_state
         if name not in used and not unused.match(name)
     ]
     problems = [
@@ -331,7 +331,7 @@ def load_original(checkpoint, config):
     variant load; how to compute as they did (features, normalisation,
     decision) is recorded in the result.
 
-    The seed's head-drop probability ``p`` is converted to the rate it really
+    The original's head-drop probability ``p`` is converted to the rate it really
     had, ``1 / int(1 / p)`` (0.3 dropped a third of the heads). The training
     dropout is not in the checkpoint and is left at ``EmbeddingModel``'s default.
 
@@ -365,13 +365,13 @@ def load_original(checkpoint, config):
     ... except OriginalFormatError as error:
     ...     print(str(error).split(": ")[1])
     refused global posix.system (only argparse.Namespace is allowed)
-    >>> seed = load_original("model.chkpt", "model_config.pkl")  # doctest: +SKIP
-    >>> model = EmbeddingModel(**seed.embedding_kwargs)  # doctest: +SKIP
-    >>> model.load_state_dict(seed.embedding_state)  # doctest: +SKIP
+    >>> loaded = load_original("model.chkpt", "model_config.pkl")  # doctest: +SKIP
+    >>> model = EmbeddingModel(**loaded.embedding_kwargs)  # doctest: +SKIP
+    >>> model.load_state_dict(loaded.embedding_state)  # doctest: +SKIP
     <All keys matched successfully>
     """
     config_settings = read_config(config)
-    seed_state, checkpoint_settings = read_checkpoint(checkpoint)
+    original_state, checkpoint_settings = read_checkpoint(checkpoint)
     settings = merge_settings(config_settings, checkpoint_settings, config, checkpoint)
     # The checkpoint's settings, when it has them, are those the weights had.
     settings_file = config if checkpoint_settings is None else checkpoint
@@ -385,8 +385,8 @@ def load_original(checkpoint, config):
         "cosine": True,
     }
     shapes = expected_shapes(embedding_kwargs, classifier_kwargs, settings_file)
-    unused = UNUSED_RESNET_NAMES if settings["front_end"] == "resnet" else UNUSED_SEED_NAMES
-    state = convert_state(seed_state, shapes, checkpoint, unused)
+    unused = UNUSED_RESNET_NAMES if settings["front_end"] == "resnet" else UNUSED_ORIGINAL_NAMES
+    state = convert_state(original_state, shapes, checkpoint, unused)
     return OriginalModel(
         embedding_kwargs=embedding_kwargs,
         embedding_state={

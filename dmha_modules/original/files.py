@@ -61,7 +61,7 @@ SETTING_KINDS = {
 
 
 class OriginalFormatError(ValueError):
-    """A seed file that cannot be loaded safely or does not fit the model.
+    """An original-code file that cannot be loaded safely or does not fit the model.
 
     Raised for globals outside the allow-list, weights that are missing,
     unknown or mis-shaped, and settings this project cannot reproduce; the
@@ -178,7 +178,7 @@ def read_checkpoint(path):
                 f"{_weights_only_problem(error)})"
             ) from error
         raise OriginalFormatError(
-            f"{path}: refused global {refused[1]} (a seed checkpoint holds tensors, "
+            f"{path}: refused global {refused[1]} (an original checkpoint holds tensors, "
             "plain values and argparse.Namespace settings only)"
         ) from error
     except OSError:  # missing or unreadable: the caller's message names the file

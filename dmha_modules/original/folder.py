@@ -90,41 +90,41 @@ def import_original(
             f"{compute_features.win_length} samples exceeds its {ORIGINAL_N_FFT}-point "
             "FFT, so it cannot have computed features at this rate"
         )
-    seed = load_original(checkpoint, config)
-    task = task or seed.task
-    names = tuple(groups) if groups else seed.class_names
-    if len(names) != seed.n_classes or len(set(names)) != len(names):
+    loaded = load_original(checkpoint, config)
+    task = task or loaded.task
+    names = tuple(groups) if groups else loaded.class_names
+    if len(names) != loaded.n_classes or len(set(names)) != len(names):
         raise OriginalFormatError(
-            f"{checkpoint}: {seed.n_classes} classes, but {len(names)} "
-            f"{'distinct ' if len(names) == seed.n_classes else ''}names were given"
+            f"{checkpoint}: {loaded.n_classes} classes, but {len(names)} "
+            f"{'distinct ' if len(names) == loaded.n_classes else ''}names were given"
         )
-    age_decoding = _age_decoding(seed, names, group_ages, checkpoint) if task == "age" else None
-    embedding_model = EmbeddingModel(**seed.embedding_kwargs)
-    embedding_model.load_state_dict(seed.embedding_state, strict=True)
-    classifier = Classifier(**seed.classifier_kwargs)
-    classifier.load_state_dict(seed.classifier_state, strict=True)
+    age_decoding = _age_decoding(loaded, names, group_ages, checkpoint) if task == "age" else None
+    embedding_model = EmbeddingModel(**loaded.embedding_kwargs)
+    embedding_model.load_state_dict(loaded.embedding_state, strict=True)
+    classifier = Classifier(**loaded.classifier_kwargs)
+    classifier.load_state_dict(loaded.classifier_state, strict=True)
     modules = {
         "compute_features": compute_features,
-        "mean_var_norm": UtteranceNorm(std_norm=seed.std_norm),
+        "mean_var_norm": UtteranceNorm(std_norm=loaded.std_norm),
         "embedding_model": embedding_model,
         "classifier": classifier,
     }
     encoder = CategoricalEncoder()
     encoder.update_from_iterable(names)
-    settings = {k: v for k, v in seed.settings.items() if isinstance(v, (int, float, str, bool))}
+    settings = {k: v for k, v in loaded.settings.items() if isinstance(v, (int, float, str, bool))}
     card = {
         "data": f"Imported from the original research code: `{checkpoint}` with `{config}`.",
         "metrics": None,
         "configuration": settings,
     }
     cosine = write_model_folder(
-        out, modules, ("dmha_modules.nn.models.EmbeddingModel", seed.embedding_kwargs),
+        out, modules, ("dmha_modules.nn.models.EmbeddingModel", loaded.embedding_kwargs),
         encoder, noise_sample(sample_rate), task=task, age_decoding=age_decoding, card=card,
     )
     return out, cosine
 
 
-def _age_decoding(seed, names, group_ages, checkpoint):
+def _age_decoding(loaded, names, group_ages, checkpoint):
     """An imported age model's ``age_decoding`` (see ``model_folder.model_hyperparams``).
 
     Probabilities: the sigmoids of the cosines for ``train_ordinal.py``
@@ -136,10 +136,10 @@ def _age_decoding(seed, names, group_ages, checkpoint):
             f"{checkpoint}: give the years of each of the {len(names)} groups "
             f"({', '.join(names)}) with group_ages (--group_ages), in class order"
         )
-    ordinal = seed.decision == "ordinal"
+    ordinal = loaded.decision == "ordinal"
     return {
         "group_posteriors": "ordinal" if ordinal else "softmax",
-        "score_scale": 1.0 if ordinal else float(seed.settings.get("scalingFactor", 1.0)),
+        "score_scale": 1.0 if ordinal else float(loaded.settings.get("scalingFactor", 1.0)),
         "group_centres": centres,
-        "decision": seed.decision,
+        "decision": loaded.decision,
     }

@@ -52,8 +52,8 @@ def test_import_seed_is_import_original():
     parser = cli.build_parser()
     options = ["--checkpoint", "x.chkpt", "--config", "x.pkl", "--out", "m"]
     original = parser.parse_args(["import-original", *options])
-    seed = parser.parse_args(["import-seed", *options])
-    assert seed.run is original.run and seed.function is original.function
-    assert cli.function_arguments(seed) == cli.function_arguments(original) == {
+    alias = parser.parse_args(["import-seed", *options])
+    assert alias.run is original.run and alias.function is original.function
+    assert cli.function_arguments(alias) == cli.function_arguments(original) == {
         "checkpoint": "x.chkpt", "config": "x.pkl", "out": "m"
     }

@@ -14,11 +14,11 @@ from dmha_modules.nn.features import LogMelFeatures
 
 @pytest.mark.parametrize("command", ["import-original", "import-seed"])
 def test_import_original_end_to_end(tmp_path, capsys, monkeypatch, command):
-    from tests.test_original import cmn, random_original_model, save_original, seed_settings
+    from tests.test_original import cmn, random_original_model, save_original, original_settings
 
-    settings = seed_settings("VGG4L", "DoubleMHA")
-    seed_model = random_original_model(settings)
-    checkpoint, config = save_original(seed_model, settings, tmp_path)
+    settings = original_settings("VGG4L", "DoubleMHA")
+    original_model = random_original_model(settings)
+    checkpoint, config = save_original(original_model, settings, tmp_path)
     folder = tmp_path / "imported"
     status, stdout, _ = run_cli(capsys, command, "--checkpoint", checkpoint, "--config",
                                 config, "--out", folder)
@@ -34,16 +34,16 @@ def test_import_original_end_to_end(tmp_path, capsys, monkeypatch, command):
     monkeypatch.undo()
     assert len(loaded.hparams.label_encoder) == settings.num_spkrs
 
-    seed_embeddings = []
+    original_embeddings = []
     for f0, seconds in [(110, 2.0), (230, 1.6)]:
         wav = torch.from_numpy(voice(seconds, 16000, f0, seed=f0))[None]
         with torch.no_grad():
             ours = loaded.encode_batch(wav)[:, 0]
             feats = cmn(LogMelFeatures(sample_rate=16000, n_mels=80, framing="original")(wav))
-            theirs = seed_model.getEmbedding(feats)
-            seed_cosines, _ = seed_model(feats, torch.tensor([0]))
+            theirs = original_model.getEmbedding(feats)
+            original_cosines, _ = original_model(feats, torch.tensor([0]))
             our_cosines = loaded.mods.classifier(ours)[:, 0]
         assert F.cosine_similarity(ours, theirs).item() >= 0.9999
-        torch.testing.assert_close(our_cosines, seed_cosines, rtol=0, atol=1e-4)
-        seed_embeddings.append(theirs)
-    assert F.cosine_similarity(*seed_embeddings).item() < 0.99
+        torch.testing.assert_close(our_cosines, original_cosines, rtol=0, atol=1e-4)
+        original_embeddings.append(theirs)
+    assert F.cosine_similarity(*original_embeddings).item() < 0.99

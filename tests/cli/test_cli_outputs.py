@@ -38,11 +38,11 @@ def tree(*roots):
 @pytest.fixture
 def original(tmp_path):
     """A model of the original research code: ``(checkpoint, config)`` in ``tmp_path/original``."""
-    from tests.test_original import random_original_model, save_original, seed_settings
+    from tests.test_original import random_original_model, save_original, original_settings
 
     folder = tmp_path / "original"
     folder.mkdir()
-    settings = seed_settings("VGG4L", "DoubleMHA")
+    settings = original_settings("VGG4L", "DoubleMHA")
     return save_original(random_original_model(settings), settings, folder)
 
 
@@ -192,9 +192,9 @@ def test_rewriting_a_model_folder_keeps_its_calibration_and_onnx(original, tmp_p
     for name in ("calibration.json", "embedding.onnx"):
         assert (out / name).read_bytes() == before[out / name], name
 
-    from tests.test_original import random_original_model, save_original, seed_settings
+    from tests.test_original import random_original_model, save_original, original_settings
 
-    settings = seed_settings("VGG4L", "DoubleMHA")
+    settings = original_settings("VGG4L", "DoubleMHA")
     retrained = random_original_model(settings)
     with torch.no_grad():
         next(retrained.parameters()).mul_(1.5)

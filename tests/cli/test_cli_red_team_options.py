@@ -120,9 +120,9 @@ def test_score_writes_nothing_for_a_refused_value(models, audio, tmp_path, capsy
 @pytest.fixture
 def original(tmp_path):
     """A tiny original-code model: its settings, checkpoint and config."""
-    from tests.test_original import random_original_model, save_original, seed_settings
+    from tests.test_original import random_original_model, save_original, original_settings
 
-    settings = seed_settings("VGG3L", "Attention")
+    settings = original_settings("VGG3L", "Attention")
     model = random_original_model(settings)
     checkpoint, config = save_original(model, settings, tmp_path)
     return settings, model, checkpoint, config
