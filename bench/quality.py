@@ -20,10 +20,12 @@ as thread count changes the arithmetic; the spread of their test MAE is
 printed. Each model's difference to ECAPA-TDNN is also shown split by split
 (paired: the same test speakers on both sides), with the number of splits it
 wins. The paper-size DMHA (VGG4L k=1024, 16 heads) is trained only where a
-GPU is present; otherwise its row says skipped.
+GPU is present; otherwise its row says skipped. ``--models resemblyzer`` adds the external
+reference, a pretrained speaker encoder measured on the same splits without training
+(``bench/reference_encoder.py``, which says how to install it); alone, it trains nothing.
 
     python bench/quality.py [--seeds 1986 7 42] [--jobs 2] [--training_seeds 1 2]
-        [--thread_check 2] [--models dmha ecapa ...] [--out results/quality]
+        [--thread_check 2] [--models dmha ecapa resemblyzer ...] [--out results/quality]
 
 Runs that finished are reused (each writes ``test_metrics.json`` and
 ``wall_clock.json``); an interrupted one resumes from its checkpoint, its
@@ -47,10 +49,11 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from dmha_modules.atomic import write_atomic
-from dmha_modules.metrics import classification_metrics, verification_metrics
-from dmha_modules.model_builder import read_manifest
-from dmha_modules.plots import save_png
+import reference_encoder  # bench/, beside this script
+from dmha_modules.io.atomic import write_atomic
+from dmha_modules.io.plots import save_png
+from dmha_modules.recipe.build import read_manifest
+from dmha_modules.scoring.metrics import classification_metrics, verification_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (run name, table row, recipe overrides, epochs, needs a GPU); overrides are a
@@ -310,6 +313,17 @@ def stability(args, folders):
     return lines
 
 
+def figure_cells(slug, figures, seeds):
+    """The table cells of a model's figures ``(task, seed) -> metrics``: its summary cells
+    (mean and spread over ``seeds``) and its Markdown rows per split."""
+    cells = [mean_and_spread([figures[task, seed][key] for seed in seeds], fmt, scale)
+             for _, task, key, fmt, scale in COLUMNS]
+    per_split = [f"| {slug} | {seed} | " + " | ".join(
+        fmt.format(scale * figures[task, seed][key]) for _, task, key, fmt, scale in COLUMNS)
+        + " |" for seed in seeds]
+    return cells, per_split
+
+
 def model_rows(args, folders, root, trials):
     """The summary row of each model (mean and spread), its rows per split and its
     figures: ``slug -> (task, seed) -> metrics``."""
@@ -321,17 +335,22 @@ def model_rows(args, folders, root, trials):
         figures = by_model[slug] = {
             (task, seed): run_figures(folders[slug, task, seed], task, root, trials)
             for task in TASKS for seed in args.seeds}
-        cells = [mean_and_spread([figures[task, seed][key] for seed in args.seeds], fmt, scale)
-                 for _, task, key, fmt, scale in COLUMNS]
+        cells, split_rows = figure_cells(slug, figures, args.seeds)
         minutes = " + ".join(
             "{:.1f}".format(np.mean([figures[task, seed]["minutes"] for seed in args.seeds]))
             for task in TASKS)
         size = parameters(folders[slug, "speaker", args.seeds[0]]) / 1e6
         rows.append(f"| {name} | {' | '.join(cells)} | {epochs}, {minutes} | {size:.2f} M |")
-        for seed in args.seeds:
-            values = [fmt.format(scale * figures[task, seed][key])
-                      for _, task, key, fmt, scale in COLUMNS]
-            per_split.append(f"| {slug} | {seed} | {' | '.join(values)} |")
+        per_split += split_rows
+        print(rows[-1], flush=True)
+    if reference_encoder.REFERENCE in args.models:
+        figures, seconds = reference_encoder.measure(args.seeds, args.data, args.out, root, trials)
+        by_model[reference_encoder.REFERENCE] = figures
+        cells, split_rows = figure_cells(reference_encoder.REFERENCE, figures, args.seeds)
+        rows.append(f"| {reference_encoder.NAME} | {' | '.join(cells)} | pretrained "
+                    f"({seconds / 60:.1f} minutes to measure) | "
+                    f"{reference_encoder.parameters() / 1e6:.2f} M |")
+        per_split += split_rows
         print(rows[-1], flush=True)
     return rows, per_split, by_model
 
@@ -375,12 +394,19 @@ def main():
     parser.add_argument("--thread_check", type=int, metavar="N",
                         help="also train the first split's DMHA age model on N threads")
     slugs = [slug for slug, *_ in MODELS]
-    parser.add_argument("--models", nargs="+", choices=slugs, default=slugs, metavar="SLUG",
-                        help=f"rows to train and show (default all: {', '.join(slugs)}); "
-                        "dmha, the defaults, always")
+    parser.add_argument("--models", nargs="+", choices=slugs + [reference_encoder.REFERENCE],
+                        default=slugs, metavar="SLUG",
+                        help=f"rows to show (default every trained one: {', '.join(slugs)}; "
+                        "dmha, the defaults, trains whenever another trained row does); "
+                        f"{reference_encoder.REFERENCE}: the pretrained external reference, "
+                        "which trains nothing")
     parser.add_argument("--out", default=os.path.join(REPO, "results", "quality"))
     args = parser.parse_args()
-    args.rows = [row for row in MODELS if row[0] == "dmha" or row[0] in args.models]
+    trained = set(args.models) - {reference_encoder.REFERENCE}
+    args.rows = [row for row in MODELS if row[0] in trained or (trained and row[0] == "dmha")]
+    if not args.rows and (args.training_seeds or args.thread_check):
+        parser.error("--training_seeds and --thread_check train DMHA: name a trained row "
+                     "in --models")
     os.makedirs(args.out, exist_ok=True)
     trials = os.path.join(args.out, "librispeech_trials.txt")
     root, cross_labels = librispeech_trials(args.data, trials)
@@ -389,7 +415,9 @@ def main():
 
     rows, per_split, by_model = model_rows(args, folders, root, trials)
 
-    first = folders["dmha", "age", args.seeds[0]]
+    # The reference alone trained nothing: its own copy of the first split's manifests.
+    first = folders.get(("dmha", "age", args.seeds[0]), os.path.join(
+        args.out, reference_encoder.REFERENCE, f"split_{args.seeds[0]}"))
     majority, floor, mean_age, mae = age_floors(first, os.path.join(args.data, "speechocean762"))
     rng = np.random.default_rng(0)
     random_eer = verification_metrics(rng.random(len(cross_labels)), cross_labels)["eer"]
@@ -399,7 +427,8 @@ def main():
                 f"{mae:.2f} | 0 | 0 |")
     rows.append(f"| floor: random scores | 50 % (expected) | 1.0 | {100 * random_eer:.2f} % | "
                 "| | | 0 | 0 |")
-    plot_curves(folders, os.path.join(args.out, "curves.png"))
+    if folders:
+        plot_curves(folders, os.path.join(args.out, "curves.png"))
     headers = [header for header, *_ in COLUMNS]
     lines = [
         f"Measured {datetime.date.today()} by `python {' '.join(['bench/quality.py'] + sys.argv[1:])}` "
@@ -420,7 +449,7 @@ def main():
         "",
         *paired_rows(args, by_model),
         "",
-        *validation_rows(args, folders),
+        *(validation_rows(args, folders) if folders else []),
     ]
     if args.thread_check or args.training_seeds:
         lines += ["", *stability(args, folders)]
