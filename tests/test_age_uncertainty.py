@@ -60,6 +60,7 @@ def nll(logits, labels, temperature):
     return float(np.mean(log_z - scaled[np.arange(len(labels)), labels]))
 
 
+@pytest.mark.slow
 def test_temperature_minimises_the_nll_and_recovers_the_true_one():
     rng = np.random.default_rng(1)
     logits = rng.normal(scale=4.0, size=(5000, 4))

@@ -67,6 +67,7 @@ def mismatched_torchaudio(tmp_path):
     ],
     ids=["dmha", "recipe"],
 )
+@pytest.mark.slow
 def test_a_torchaudio_built_for_another_torch_is_one_line(mismatched_torchaudio, command):
     import torch
 

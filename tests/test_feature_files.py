@@ -100,6 +100,7 @@ def test_features_resume_and_overwrite(audio_list):
     assert target.stat().st_mtime_ns != 10**18 * 3
 
 
+@pytest.mark.slow
 def test_bad_lines_are_reported_and_the_others_complete_in_parallel(
     audio_list, tmp_path, capsys
 ):
@@ -194,6 +195,7 @@ def test_missing_list_file(tmp_path, capsys):
     assert "absent.lst" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_console_script_is_installed():
     script = shutil.which(
         "dmha",

@@ -110,6 +110,7 @@ def list_scores(embeddings, labels, standardised):
     return scores, labels[pairs[:, 0]] == labels[pairs[:, 1]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_standardised_cosines_keep_the_false_accept_rate_on_another_corpus(seed):
     """Calibrated at a 5 % FAR on one corpus, measured on a corpus with another offset whose

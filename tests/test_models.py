@@ -79,6 +79,7 @@ def calibrate_batch_norms(model, embed):
     model.eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pooling", POOLINGS)
 @pytest.mark.parametrize("front_end", list(FRONT_END_KWARGS))
 def test_embedding_is_the_same_alone_and_padded(front_end, pooling):
@@ -134,6 +135,7 @@ def randomise_batch_norms(module):
             layer.running_var.uniform_(0.5, 2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("front_end", list(FRONT_END_KWARGS))
 def test_long_inputs_encoded_in_chunks_equal_one_pass(front_end):
     torch.manual_seed(0)

@@ -112,6 +112,7 @@ def max_diff(case, seconds):
 
 
 # 0.05 s: a few frames, below the 32 the graph is traced for.
+@pytest.mark.slow
 @pytest.mark.parametrize("seconds", [1.3, 7.9, 0.05])
 def test_matches_pytorch_on_lengths_not_used_at_export(case, seconds):
     diff, _ = max_diff(case, [seconds])

@@ -357,6 +357,7 @@ def converted_modules(checkpoint, config):
         ("VGG3L", "Attention"),
     ],
 )
+@pytest.mark.slow
 def test_converted_model_computes_the_original_outputs(tmp_path, front_end, pooling):
     settings = original_settings(front_end, pooling)
     reference = random_original_model(settings)

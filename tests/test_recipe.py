@@ -91,6 +91,7 @@ def assert_checkpoint_reloads(output, **model_args):
 SPEAKER_AGE_GROUPS = {"child", "teens", "twenties", "thirties+"}
 
 
+@pytest.mark.slow
 def test_age_recipe_end_to_end(corpus, tmp_path):
     output = tmp_path / "age"
     run_recipe(recipe_command("age.yaml", corpus, output, "--number_of_epochs=2",
@@ -175,6 +176,7 @@ print(score.item(), bool(decision))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("selection", ["epoch", "macro_f1"])
 def test_age_recipe_tests_and_exports_the_selected_epoch(corpus, tmp_path, selection):
     """By default the last epoch (the end of the cosine schedule); else the best one by
@@ -203,6 +205,7 @@ def test_age_recipe_tests_and_exports_the_selected_epoch(corpus, tmp_path, selec
         assert meta["macro_f1"] == pytest.approx(max(f1), rel=1e-2)
 
 
+@pytest.mark.slow
 def test_speaker_recipe_end_to_end_and_export(corpus, tmp_path):
     output = tmp_path / "speaker"
     run_recipe(recipe_command("speaker.yaml", corpus, output, "--number_of_epochs=1"))
@@ -264,6 +267,7 @@ def test_speaker_recipe_end_to_end_and_export(corpus, tmp_path):
     assert f"'{label}'" in speakers
 
 
+@pytest.mark.slow
 def test_age_model_starts_from_a_speaker_model(corpus, tmp_path):
     speaker = tmp_path / "speaker"
     run_recipe(recipe_command("speaker.yaml", corpus, speaker, "--number_of_epochs=1"))
@@ -291,6 +295,7 @@ def test_age_model_starts_from_a_speaker_model(corpus, tmp_path):
     ("ecapa", "asp.tdnn."),  # attentive statistics pooling
     ("ecapa_dmha", "asp.pooling.head_attention"),  # the YAMLs' default: Double MHA pooling
 ])
+@pytest.mark.slow
 def test_ecapa_frame_layers_run_through_the_same_recipe(corpus, tmp_path, embedding, pooling_key):
     output = tmp_path / embedding
     ecapa = [f"--embedding={embedding}", "--ecapa_channels=[32, 32, 32, 32, 96]"]
@@ -310,6 +315,7 @@ def test_ecapa_frame_layers_run_through_the_same_recipe(corpus, tmp_path, embedd
     assert "front_end:" not in card
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_where_it_stopped(corpus, tmp_path):
     output = tmp_path / "resume"
     command = recipe_command("age.yaml", corpus, output, "--number_of_epochs=3")
@@ -357,6 +363,7 @@ train.main()
 '''
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes_split_the_data(corpus, tmp_path):
     output, records = tmp_path / "ddp", tmp_path / "records"
     records.mkdir()
@@ -377,6 +384,7 @@ def test_torchrun_two_cpu_processes_split_the_data(corpus, tmp_path):
     assert (output / "test_metrics.json").is_file()
 
 
+@pytest.mark.slow
 def test_age_recipe_trains_from_precomputed_features(corpus, tmp_path):
     features = tmp_path / "features"
     files = tmp_path / "files.lst"

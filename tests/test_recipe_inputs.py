@@ -191,6 +191,7 @@ def prepared(experiment):
     return folder
 
 
+@pytest.mark.slow
 def test_recipe_stops_on_a_hand_edited_manifest_without_a_column(prepared, tmp_path):
     rows = list(csv.reader(open(prepared / "valid.csv", encoding="utf-8")))
     write_csv(prepared / "valid.csv", [r[:3] for r in rows[1:]], rows[0][:3])
@@ -202,6 +203,7 @@ def test_recipe_stops_on_a_hand_edited_manifest_without_a_column(prepared, tmp_p
         result, output, f"{prepared / 'valid.csv'}:1: no column age_group", "recipes/train.py:")
 
 
+@pytest.mark.slow
 def test_recipe_stops_on_a_gender_head_without_genders(prepared, tmp_path):
     output = tmp_path / "out"
     result = run_recipe(recipe_command(
@@ -213,6 +215,7 @@ def test_recipe_stops_on_a_gender_head_without_genders(prepared, tmp_path):
         "gender column with two or more genders; found none")
 
 
+@pytest.mark.slow
 def test_recipe_stops_on_a_trial_naming_an_unknown_utterance(prepared, tmp_path):
     with open(prepared / "trials.csv", "a", encoding="utf-8") as trials:
         trials.write("trial2,1,e2,missing\n")
@@ -224,6 +227,7 @@ def test_recipe_stops_on_a_trial_naming_an_unknown_utterance(prepared, tmp_path)
         result, output, f"{prepared / 'trials.csv'}:4: unknown utterance 'missing'")
 
 
+@pytest.mark.slow
 def test_recipe_stops_on_labels_outside_the_classes(tmp_path):
     """The original's labels files: a valid label beyond the train classes 0..1."""
     data = tmp_path / "data"
@@ -242,6 +246,7 @@ def test_recipe_stops_on_labels_outside_the_classes(tmp_path):
     assert_stopped_before_training(result, output, f"{valid}:2: label 7 is outside 0..1")
 
 
+@pytest.mark.slow
 def test_recipe_names_the_options_a_source_needs(tmp_path):
     output = tmp_path / "out"
     result = run_recipe(recipe_command("speaker.yaml", tmp_path, output, "--source=voxceleb",

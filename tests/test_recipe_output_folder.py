@@ -25,6 +25,7 @@ with output_folder_lock(sys.argv[1], "the holder's command"):
 """
 
 
+@pytest.mark.slow
 def test_second_run_stops_at_once_naming_the_running_one(tmp_path):
     output = tmp_path / "out"
     with output_folder_lock(str(output), "recipes/train.py hparams/age.yaml (the first run)"):
@@ -40,6 +41,7 @@ def test_second_run_stops_at_once_naming_the_running_one(tmp_path):
     assert elapsed < 60
 
 
+@pytest.mark.slow
 def test_a_lock_left_by_a_killed_process_blocks_nothing(tmp_path):
     folder = str(tmp_path / "out")
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, folder], stdout=subprocess.PIPE,
@@ -76,6 +78,7 @@ def unwritable(tmp_path):
     pytest.skip("no folder is read-only for root here")
 
 
+@pytest.mark.slow
 def test_read_only_output_folder_is_one_message(unwritable, tmp_path):
     output = os.path.join(unwritable, "out")
     result = run_recipe(recipe_command("age.yaml", tmp_path, output), expect=1)

@@ -9,6 +9,7 @@ there) and the check of the source's options.
 
 import shlex
 
+import pytest
 import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
 
@@ -66,6 +67,7 @@ def test_readme_shows_one_training_command_per_source(tmp_path, monkeypatch):
                     ("age", "commonvoice"), ("speaker", "voxceleb"), ("speaker", "manifests")}
 
 
+@pytest.mark.slow
 def test_every_readme_training_command_parses(tmp_path, monkeypatch):
     commands = readme_training_commands()
     assert len(commands) > len(readme_training_commands(SECTION))  # the main job's too

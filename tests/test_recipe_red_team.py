@@ -137,6 +137,7 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_dmha_is_one_line_and_keeps_what_was_written(tmp_path):
     rng = np.random.default_rng(0)
     names = ["a", "b", "c"]

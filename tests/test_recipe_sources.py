@@ -64,6 +64,7 @@ def original_files(tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 def test_original_age_workflow_labels_files_to_a_model(original_files, tmp_path):
     output = tmp_path / "age_labels"
     root = original_files["root"]
@@ -115,6 +116,7 @@ def original_speaker_files(tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 def test_original_speaker_workflow_scores_its_trial_files(original_speaker_files, tmp_path):
     files = original_speaker_files
     output = tmp_path / "speaker_labels"
@@ -137,6 +139,7 @@ def test_original_speaker_workflow_scores_its_trial_files(original_speaker_files
         output / "model", tmp_path, {str(s) for s in range(8)})
 
 
+@pytest.mark.slow
 def test_commonvoice_release_folder_trains_its_age_groups(tmp_path):
     data = tmp_path / "cv-corpus" / "ca"
     rng = np.random.default_rng(3)
@@ -203,6 +206,7 @@ def assert_trials_are_the_lists(output, metrics, voxceleb, trial_list):
         (voxceleb_id(a), voxceleb_id(b)) for a, b in voxceleb["pairs"]}
 
 
+@pytest.mark.slow
 def test_voxceleb_trains_on_dev_speakers_and_tests_on_the_trial_list(voxceleb, tmp_path):
     output = tmp_path / "speaker_vox"
     run_recipe(recipe_command(
@@ -221,6 +225,7 @@ def test_voxceleb_trains_on_dev_speakers_and_tests_on_the_trial_list(voxceleb, t
         {f"id{10001 + s}" for s in range(12) if f"'id{10001 + s}'" in trained})
 
 
+@pytest.mark.slow
 def test_ready_manifests_train_without_preparation(voxceleb, tmp_path):
     prepared = tmp_path / "prepared"
     prepare_voxceleb(str(voxceleb["root"]), str(prepared), trials_file=str(voxceleb["trials"]),

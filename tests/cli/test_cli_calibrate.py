@@ -164,6 +164,7 @@ def test_calibration_with_durations(model, trials, audio, reference, capsys):
     assert float(re.search(r"^llr (-?\d+\.\d{4})", stdout)[1]) == pytest.approx(llr, abs=2e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("centring", sorted(CENTRINGS))
 def test_verify_with_a_calibrated_model_decides_the_llr(model, trials, audio, reference, capsys,
                                                         centring):

@@ -80,6 +80,7 @@ def console_script():
     return script
 
 
+@pytest.mark.slow
 def test_console_script_embeds_an_hour_of_audio_in_bounded_memory(models, tmp_path):
     """The installed ``dmha`` script; its peak memory is its own (``wait4``)."""
     script = console_script()

@@ -12,6 +12,7 @@ from tests.test_inference import voice
 from dmha_modules.nn.features import LogMelFeatures
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["import-original", "import-seed"])
 def test_import_original_end_to_end(tmp_path, capsys, monkeypatch, command):
     from tests.test_original import cmn, random_original_model, save_original, original_settings

@@ -95,6 +95,7 @@ def experiment(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_an_experiment_folder_of_the_old_layout_exports_the_same_model(experiment, tmp_path,
                                                                         capsys):
     old = tmp_path / "old"

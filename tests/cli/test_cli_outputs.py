@@ -175,6 +175,7 @@ def test_an_output_that_is_an_input_is_refused_naming_both(models, audio, tmp_pa
 # ---------------------------------------------------------------- item 4: re-export
 
 
+@pytest.mark.slow
 def test_rewriting_a_model_folder_keeps_its_calibration_and_onnx(original, tmp_path, capsys):
     """The same model again: the calibration and the graph are kept, byte for byte. Other
     weights: the graph is exported again from them; the calibration, fitted on the old

@@ -166,6 +166,7 @@ def real_utterances(shared_data):
 # ------------------------------------------------------------- generated audio
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_padded_batches_equal_files_alone_on_generated_audio(name, default_folder, tmp_path):
     classifier = EncoderClassifier.from_hparams(source=str(default_folder(name)),
@@ -178,6 +179,7 @@ def test_padded_batches_equal_files_alone_on_generated_audio(name, default_folde
     torch.testing.assert_close(batched, alone, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_dmha_embed_makes_folders_naming_speechbrains_ecapa_exact(tmp_path, capsys):
     # Folders written before ExactECAPA name SpeechBrain's own class.
     speechbrain_ecapa = "speechbrain.lobes.models.ECAPA_TDNN.ECAPA_TDNN"
@@ -209,6 +211,7 @@ def dmha_embed(capsys, folder, paths, batch_seconds, tmp_path):
     return embeddings
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_padded_batches_equal_files_alone_on_real_speech(
     name, default_folder, shared_data, tmp_path, capsys

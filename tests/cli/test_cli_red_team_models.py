@@ -112,6 +112,7 @@ def age_rows(capsys, folder, out, *files):
         return {row["path"]: row for row in csv.DictReader(table)}
 
 
+@pytest.mark.slow
 def test_a_ten_minute_file_gets_the_mean_age_of_its_chunks(models, tmp_path, capsys):
     long_file = long_voice(tmp_path / "long.wav")
     rows = age_rows(capsys, models["age"], tmp_path / "ages.csv", long_file)
@@ -119,6 +120,7 @@ def test_a_ten_minute_file_gets_the_mean_age_of_its_chunks(models, tmp_path, cap
     assert float(rows[str(long_file)]["age_years"]) == pytest.approx(expected, abs=0.01)
 
 
+@pytest.mark.slow
 def test_years_are_clipped_to_the_training_range_and_the_interval_ordered(audio, tmp_path,
                                                                           capsys):
     """A years head far off the training ages (as one extrapolating from a long file)."""

@@ -238,6 +238,7 @@ def bounded_prepare_labels(data, *extra):
     return child.returncode, child.stderr, seconds
 
 
+@pytest.mark.slow
 def test_a_huge_label_is_one_line_within_1_s_and_200_mb(labelled):
     """Issue 26, acceptance 4: start-up (importing torch and SpeechBrain) aside."""
     write_audio(labelled / "spk2/c.wav", 0.2)
@@ -252,6 +253,7 @@ def test_a_huge_label_is_one_line_within_1_s_and_200_mb(labelled):
     assert seconds < 1.0
 
 
+@pytest.mark.slow
 def test_a_num_classes_beyond_the_lines_stops_before_sizing_anything(labelled):
     train = write_text(labelled / "train.lst", "spk0/a 0 -1\nspk1/b 1 -1\n")
     status, stderr, seconds = bounded_prepare_labels(labelled, "--train_labels", train,

@@ -43,6 +43,7 @@ def running(pid):
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_kill_9_of_prepare_ends_its_workers(tmp_path):
     data = tmp_path / "corpus"
