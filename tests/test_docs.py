@@ -85,3 +85,12 @@ def test_readme_is_at_most_200_lines():
     with open(REPO / "README.md", "rb") as readme:
         lines = readme.read().count(b"\n")  # what `wc -l README.md` counts
     assert lines <= README_MAX_LINES, f"README.md has {lines} lines"
+
+
+def test_no_page_holds_a_pasted_editing_instruction():
+    # Issue 26 item 18: the README once held 'and in "**Features.**", replace "bad lines are
+    # reported ..." with "..."', an instruction to an editor pasted as text.
+    instruction = re.compile(r'\breplace\s+"[^"]*"\s+with\b|^", which', re.MULTILINE)
+    pages = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+    pasted = [page.name for page in pages if instruction.search(page.read_text(encoding="utf-8"))]
+    assert not pasted
