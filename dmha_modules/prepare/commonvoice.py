@@ -17,6 +17,7 @@ from dmha_modules.prepare.utterances import (
 logger = logging.getLogger(__name__)
 
 _OFFICIAL = {"train": "train.tsv", "valid": "dev.tsv", "test": "test.tsv"}
+_REQUIRED = "a Common Voice release needs validated.tsv (or train/dev/test.tsv)"
 
 
 def prepare_commonvoice(
@@ -68,24 +69,10 @@ def prepare_commonvoice(
         Listing every problem; nothing is written.
     """
     check_ratios(valid_ratio, test_ratio)
-    if use_official_splits and all(
-        os.path.isfile(os.path.join(data_folder, name)) for name in _OFFICIAL.values()
-    ):
-        tables = {
-            split: os.path.join(data_folder, name) for split, name in _OFFICIAL.items()
-        }
-    else:
-        tables = {"validated": os.path.join(data_folder, "validated.tsv")}
+    tables = _tables(data_folder, use_official_splits)
 
     def read(log):
-        rows_of, without_age = {}, 0
-        for split, path in tables.items():
-            rows_of[split], dropped = _read_table(path, log)
-            without_age += dropped
-        everything = [row for rows in rows_of.values() for row in rows]
-        reject_duplicates(everything, log)
-        probe_utterances(everything, data_folder, log, jobs, extensions=(".mp3",))
-        logger.info("Dropped %d Common Voice rows without an age", without_age)
+        rows_of, without_age = _read_tables(tables, data_folder, log, jobs)
         # The official tables are splits; validated.tsv is split here.
         validated = rows_of.pop("validated", [])
         return Corpus(
@@ -97,7 +84,6 @@ def prepare_commonvoice(
             extra={"rows_without_age": without_age},
         )
 
-    what = "a Common Voice release needs validated.tsv (or train/dev/test.tsv)"
     return prepare_corpus(
         "commonvoice",
         data_folder,
@@ -108,10 +94,34 @@ def prepare_commonvoice(
             "test_ratio": test_ratio,
             "seed": seed,
         },
-        {path: what for path in tables.values()},
+        {path: _REQUIRED for path in tables.values()},
         read,
         skip_bad,
     )
+
+
+def _tables(data_folder, use_official_splits):
+    """The TSVs to read: split name (or "validated") -> path."""
+    if use_official_splits and all(
+        os.path.isfile(os.path.join(data_folder, name)) for name in _OFFICIAL.values()
+    ):
+        return {
+            split: os.path.join(data_folder, name) for split, name in _OFFICIAL.items()
+        }
+    return {"validated": os.path.join(data_folder, "validated.tsv")}
+
+
+def _read_tables(tables, data_folder, log, jobs):
+    """Reads the ``tables``, audio headers included: {split: rows}, rows without age."""
+    rows_of, without_age = {}, 0
+    for split, path in tables.items():
+        rows_of[split], dropped = _read_table(path, log)
+        without_age += dropped
+    everything = [row for rows in rows_of.values() for row in rows]
+    reject_duplicates(everything, log)
+    probe_utterances(everything, data_folder, log, jobs, extensions=(".mp3",))
+    logger.info("Dropped %d Common Voice rows without an age", without_age)
+    return rows_of, without_age
 
 
 def _read_table(path, log):

@@ -101,6 +101,21 @@ def prepare_kaldi(
     """
     check_ratios(valid_ratio, test_ratio)
     check_age_bins(age_bins, age_groups)
+    dirs = _data_dirs(data_folder, train_dir, test_dir, download_url)
+    options = {"dirs": sorted(dirs), "valid_ratio": valid_ratio,
+               "test_ratio": test_ratio, "seed": seed,
+               "age_bins": list(age_bins), "age_groups": list(age_groups)}
+
+    def read(log):
+        rows_of = _read_kaldi_dirs(dirs, data_folder, age_bins, age_groups, log, jobs)
+        return _corpus(rows_of, valid_ratio, test_ratio, seed, age_groups)
+
+    return prepare_corpus("kaldi", data_folder, save_folder, options, _listings(dirs),
+                          read, skip_bad)
+
+
+def _data_dirs(data_folder, train_dir, test_dir, download_url):
+    """The data dirs present: split name -> path, after downloading an absent corpus."""
     if not os.path.isdir(data_folder):
         if download_url is None:
             raise FileNotFoundError(f"{data_folder}: no such corpus folder")
@@ -108,43 +123,39 @@ def prepare_kaldi(
     dirs = {"train": os.path.join(data_folder, train_dir)}
     if os.path.isdir(os.path.join(data_folder, test_dir)):
         dirs["test"] = os.path.join(data_folder, test_dir)
+    return dirs
 
-    def read(log):
-        rows_of = {
-            name: _read_kaldi_dir(path, data_folder, age_bins, age_groups, log, jobs)
-            for name, path in dirs.items()
-        }
-        reject_duplicates([row for rows in rows_of.values() for row in rows], log)
-        held_out = {"valid": valid_ratio}
-        if "test" not in rows_of:
-            held_out["test"] = test_ratio
-        return Corpus(
-            splits={"test": rows_of["test"]} if "test" in rows_of else {},
-            unsplit=rows_of["train"],
-            held_out=held_out,
-            seed=seed,
-            group_order=age_groups,
-        )
 
-    return prepare_corpus(
-        "kaldi",
-        data_folder,
-        save_folder,
-        {
-            "dirs": sorted(dirs),
-            "valid_ratio": valid_ratio,
-            "test_ratio": test_ratio,
-            "seed": seed,
-            "age_bins": list(age_bins),
-            "age_groups": list(age_groups),
-        },
-        {
-            os.path.join(kaldi_dir, name): what
-            for kaldi_dir in dirs.values()
-            for name, what in _LISTINGS.items()
-        },
-        read,
-        skip_bad,
+def _listings(dirs):
+    """The listing files of the data ``dirs``: path -> what a required one is."""
+    return {
+        os.path.join(kaldi_dir, name): what
+        for kaldi_dir in dirs.values()
+        for name, what in _LISTINGS.items()
+    }
+
+
+def _read_kaldi_dirs(dirs, data_folder, age_bins, age_groups, log, jobs):
+    """Reads every data dir of ``dirs``: split name -> rows, duplicates rejected."""
+    rows_of = {
+        name: _read_kaldi_dir(path, data_folder, age_bins, age_groups, log, jobs)
+        for name, path in dirs.items()
+    }
+    reject_duplicates([row for rows in rows_of.values() for row in rows], log)
+    return rows_of
+
+
+def _corpus(rows_of, valid_ratio, test_ratio, seed, age_groups):
+    """The corpus: the test dir's rows are the test split, train's are shared out."""
+    held_out = {"valid": valid_ratio}
+    if "test" not in rows_of:
+        held_out["test"] = test_ratio
+    return Corpus(
+        splits={"test": rows_of["test"]} if "test" in rows_of else {},
+        unsplit=rows_of["train"],
+        held_out=held_out,
+        seed=seed,
+        group_order=age_groups,
     )
 
 

@@ -68,14 +68,7 @@ def prepare_voxceleb(
         Listing every problem; nothing is written.
     """
     check_ratios(valid_ratio, test_ratio)
-    log = ProblemLog()
-    if trials_file is not None:
-        log.require_file(trials_file, "trial list")
-    audio_paths = []
-    if not os.path.isdir(data_folder):
-        log.stop(data_folder, None, "missing: the VoxCeleb folder")
-    elif not (audio_paths := _scan(data_folder)):
-        log.stop(data_folder, None, "no id*/video/*.wav or *.m4a files found")
+    log, audio_paths = _find_inputs(data_folder, trials_file)
 
     def read(log):
         rows = [_utterance(rel, data_folder) for rel in audio_paths]
@@ -84,17 +77,8 @@ def prepare_voxceleb(
         if trials_file is None:
             held_out = {"valid": valid_ratio, "test": test_ratio}
             return Corpus(unsplit=rows, held_out=held_out, seed=seed)
-        by_id = {row.id: row for row in rows}
-        trials = _read_trials(trials_file, by_id, data_folder, log)
-        # Under skip_bad, a trial whose audio was dropped goes with it.
-        trials = [t for t in trials if not (by_id[t[1]].bad or by_id[t[2]].bad)]
-        test_speakers = {by_id[utt].spk_id for trial in trials for utt in trial[1:]}
-        return Corpus(
-            splits={"test": [row for row in rows if row.spk_id in test_speakers]},
-            unsplit=[row for row in rows if row.spk_id not in test_speakers],
-            held_out={"valid": valid_ratio},
-            seed=seed,
-            trials=trials,
+        return _trial_list_corpus(
+            rows, trials_file, data_folder, valid_ratio, seed, log
         )
 
     return prepare_corpus(
@@ -112,6 +96,35 @@ def prepare_voxceleb(
         # The tree itself is an input: a hash of its file list, not of every file.
         inputs={"tree": hashlib.sha256("\n".join(audio_paths).encode()).hexdigest()},
         log=log,
+    )
+
+
+def _find_inputs(data_folder, trials_file):
+    """The problem log of the inputs found missing, and the tree's audio paths."""
+    log = ProblemLog()
+    if trials_file is not None:
+        log.require_file(trials_file, "trial list")
+    audio_paths = []
+    if not os.path.isdir(data_folder):
+        log.stop(data_folder, None, "missing: the VoxCeleb folder")
+    elif not (audio_paths := _scan(data_folder)):
+        log.stop(data_folder, None, "no id*/video/*.wav or *.m4a files found")
+    return log, audio_paths
+
+
+def _trial_list_corpus(rows, trials_file, data_folder, valid_ratio, seed, log):
+    """The corpus whose test split is the trial list's speakers, with its trials."""
+    by_id = {row.id: row for row in rows}
+    trials = _read_trials(trials_file, by_id, data_folder, log)
+    # Under skip_bad, a trial whose audio was dropped goes with it.
+    trials = [t for t in trials if not (by_id[t[1]].bad or by_id[t[2]].bad)]
+    test_speakers = {by_id[utt].spk_id for trial in trials for utt in trial[1:]}
+    return Corpus(
+        splits={"test": [row for row in rows if row.spk_id in test_speakers]},
+        unsplit=[row for row in rows if row.spk_id not in test_speakers],
+        held_out={"valid": valid_ratio},
+        seed=seed,
+        trials=trials,
     )
 
 
