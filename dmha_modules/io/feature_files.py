@@ -118,14 +118,7 @@ def extract_features(
     jobs = jobs or os.cpu_count() or 1
     failed = 0
     with contextlib.ExitStack() as stack:
-        mapper = map
-        if jobs > 1 and len(tasks) > 1:
-            # "spawn": the caller may run torch threads, which a fork breaks.
-            pool = worker_pool(jobs, get_context("spawn"), _worker_init)
-            chunksize = max(1, min(64, len(tasks) // (jobs * 8)))
-            mapper = functools.partial(
-                stack.enter_context(pool).map, chunksize=chunksize
-            )
+        mapper = _task_mapper(stack, jobs, len(tasks))
         results = mapper(_extract_one, tasks)
         for line_number, error in tqdm(
             results, total=len(tasks), desc="Extracting features", unit="file"
@@ -137,6 +130,20 @@ def extract_features(
         skip_bad=False, outcome=f"the features of the other {len(tasks) - failed} files are written"
     )
     return [target for _, _, _, target, _ in tasks]
+
+
+def _task_mapper(stack, jobs, n_tasks):
+    """The ``map`` to run ``n_tasks`` tasks with.
+
+    A pool of ``jobs`` processes, closed with ``stack``, when there are
+    several jobs and several tasks; else the builtin ``map``, in this process.
+    """
+    if jobs > 1 and n_tasks > 1:
+        # "spawn": the caller may run torch threads, which a fork breaks.
+        pool = worker_pool(jobs, get_context("spawn"), _worker_init)
+        chunksize = max(1, min(64, n_tasks // (jobs * 8)))
+        return functools.partial(stack.enter_context(pool).map, chunksize=chunksize)
+    return map
 
 
 def _read_list(list_file, out_dir, data_dir, overwrite, log):

@@ -144,6 +144,18 @@ def plot_confusion_matrix(confusion, class_names, path, title=None, normalize=Tr
         shrink=0.8,
         label="fraction of the true class" if normalize else "count",
     )
+    _label_class_axes(axes, class_names)
+    if title:
+        axes.set_title(title)
+
+    if n_classes <= MAX_ANNOTATED_CLASSES:
+        _annotate_cells(axes, counts, row_totals, fractions, shown, top)
+    return save_png(figure, path)
+
+
+def _label_class_axes(axes, class_names):
+    """Class names as the tick labels of both axes, slanted on x when they would overlap."""
+    n_classes = len(class_names)
     positions = np.arange(n_classes)
     rotate = n_classes * max(len(str(name)) for name in class_names) > 40
     axes.set_xticks(
@@ -156,27 +168,27 @@ def plot_confusion_matrix(confusion, class_names, path, title=None, normalize=Tr
     axes.set_yticks(positions, labels=class_names)
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
-    if title:
-        axes.set_title(title)
 
-    if n_classes <= MAX_ANNOTATED_CLASSES:
-        font_size = 10 if n_classes <= 8 else 7
-        for true in range(n_classes):
-            for predicted in range(n_classes):
-                text = str(counts[true, predicted])
-                if row_totals[true, 0] > 0:
-                    text += f"\n{100 * fractions[true, predicted]:.1f}%"
-                dark = shown[true, predicted] > 0.55 * top
-                axes.text(
-                    predicted,
-                    true,
-                    text,
-                    ha="center",
-                    va="center",
-                    fontsize=font_size,
-                    color="white" if dark else "black",
-                )
-    return save_png(figure, path)
+
+def _annotate_cells(axes, counts, row_totals, fractions, shown, top):
+    """Writes each cell's count, and its row percentage where the true class occurs."""
+    n_classes = len(counts)
+    font_size = 10 if n_classes <= 8 else 7
+    for true in range(n_classes):
+        for predicted in range(n_classes):
+            text = str(counts[true, predicted])
+            if row_totals[true, 0] > 0:
+                text += f"\n{100 * fractions[true, predicted]:.1f}%"
+            dark = shown[true, predicted] > 0.55 * top
+            axes.text(
+                predicted,
+                true,
+                text,
+                ha="center",
+                va="center",
+                fontsize=font_size,
+                color="white" if dark else "black",
+            )
 
 
 def det_limits(p_miss, p_false_alarm, eer, n_target, n_nontarget):
@@ -288,6 +300,14 @@ def plot_verification_scores(scores, labels, path, title=None, p_target=0.01,
     det.plot(probit(eer), probit(eer), "o", color="tab:red", label=f"EER {100 * eer:.2f}%")
     if operating_point is not None:
         _mark_operating_point(det, histogram, scores, is_target, operating_point)
+    _finish_det_axes(det, low, high, n_target, n_nontarget,
+                     legend_title=f"minDCF(p_target={p_target:g}) {metrics['min_dcf']:.3f}")
+    _draw_score_histograms(histogram, scores, is_target, metrics["eer_threshold"])
+    return save_png(figure, path)
+
+
+def _finish_det_axes(det, low, high, n_target, n_nontarget, legend_title):
+    """Square DET axes from ``low`` to ``high`` with percent ticks, their labels and legend."""
     ticks = [tick for tick in DET_TICKS if low <= tick <= high]
     for set_ticks in (det.set_xticks, det.set_yticks):
         set_ticks(probit(ticks), labels=[f"{100 * tick:g}" for tick in ticks])
@@ -299,12 +319,12 @@ def plot_verification_scores(scores, labels, path, title=None, p_target=0.01,
     det.set_ylabel("miss probability (%)")
     det.set_title(f"DET ({n_target} target, {n_nontarget} non-target trials)")
     # Below the curve, the lower left is empty for any system better than chance.
-    det.legend(
-        loc="lower left",
-        title=f"minDCF(p_target={p_target:g}) {metrics['min_dcf']:.3f}",
-        title_fontsize="small",
-    )
+    det.legend(loc="lower left", title=legend_title, title_fontsize="small")
 
+
+def _draw_score_histograms(histogram, scores, is_target, eer_threshold):
+    """Density histograms of the non-target and target scores, with the EER threshold."""
+    n_target, n_nontarget = int(is_target.sum()), int((~is_target).sum())
     bins = np.histogram_bin_edges(
         scores, bins=int(np.clip(np.sqrt(len(scores)), 10, 60))
     )
@@ -316,17 +336,16 @@ def plot_verification_scores(scores, labels, path, title=None, p_target=0.01,
             scores[chosen], bins=bins, density=True, alpha=0.55, color=colour, label=name
         )
     histogram.axvline(
-        metrics["eer_threshold"],
+        eer_threshold,
         color="tab:red",
         ls="--",
         lw=1,
-        label=f"EER threshold {metrics['eer_threshold']:.3f}",
+        label=f"EER threshold {eer_threshold:.3f}",
     )
     histogram.set_xlabel("score")
     histogram.set_ylabel("density")
     histogram.set_title("score distributions")
     histogram.legend(loc="upper left", fontsize="small")
-    return save_png(figure, path)
 
 
 def plot_embeddings_pca(embeddings, labels, path, title=None, label_order=None):
@@ -378,16 +397,7 @@ def plot_embeddings_pca(embeddings, labels, path, title=None, label_order=None):
     >>> os.listdir(folder)
     ['pca.png']
     """
-    points = as_numpy(embeddings).astype(np.float64)
-    if points.ndim == 3 and points.shape[1] == 1:
-        points = points[:, 0]
-    if points.ndim != 2 or points.shape[0] < 2 or points.shape[1] < 2:
-        raise ValueError(
-            "need at least 2 embeddings of at least 2 dimensions as (N, E) or "
-            f"(N, 1, E), got shape {points.shape}"
-        )
-    if not np.isfinite(points).all():
-        raise ValueError("embeddings must be finite")
+    points = _embedding_matrix(embeddings)
     labels = labels.tolist() if torch.is_tensor(labels) else list(labels)
     if len(labels) != len(points):
         raise ValueError(f"{len(labels)} labels for {len(points)} embeddings")
@@ -406,9 +416,36 @@ def plot_embeddings_pca(embeddings, labels, path, title=None, label_order=None):
 
     figure = Figure(figsize=(8, 6.5), layout="constrained")
     axes = figure.add_subplot()
+    size = float(np.clip(3000 / len(points), 4, 40))
+    _scatter_by_label(axes, projected, labels, order, size)
+    _legend_outside(figure, axes, size, title=f"{len(points)} embeddings")
+    axes.set_xlabel(f"PC1 ({100 * explained[0]:.1f}% of variance)")
+    axes.set_ylabel(f"PC2 ({100 * explained[1]:.1f}% of variance)")
+    axes.grid(True, alpha=0.3)
+    if title:
+        axes.set_title(title)
+    return save_png(figure, path)
+
+
+def _embedding_matrix(embeddings):
+    """``embeddings`` as a finite ``(N, E)`` float64 array with ``N, E >= 2``."""
+    points = as_numpy(embeddings).astype(np.float64)
+    if points.ndim == 3 and points.shape[1] == 1:
+        points = points[:, 0]
+    if points.ndim != 2 or points.shape[0] < 2 or points.shape[1] < 2:
+        raise ValueError(
+            "need at least 2 embeddings of at least 2 dimensions as (N, E) or "
+            f"(N, 1, E), got shape {points.shape}"
+        )
+    if not np.isfinite(points).all():
+        raise ValueError("embeddings must be finite")
+    return points
+
+
+def _scatter_by_label(axes, projected, labels, order, size):
+    """One scatter per label present, coloured by its position in ``order``."""
     colours = label_colours(len(order))
     label_array = np.asarray(labels, dtype=object)
-    size = float(np.clip(3000 / len(points), 4, 40))
     for position, label in enumerate(order):
         chosen = label_array == label
         if chosen.any():
@@ -421,6 +458,10 @@ def plot_embeddings_pca(embeddings, labels, path, title=None, label_order=None):
                 linewidths=0,
                 label=f"{label} ({int(chosen.sum())})",
             )
+
+
+def _legend_outside(figure, axes, size, title):
+    """The axes' legend right of them, cut to ``MAX_LEGEND_ENTRIES`` lines."""
     handles, names = axes.get_legend_handles_labels()
     if len(handles) > MAX_LEGEND_ENTRIES:
         hidden = len(handles) - (MAX_LEGEND_ENTRIES - 1)
@@ -432,15 +473,9 @@ def plot_embeddings_pca(embeddings, labels, path, title=None, label_order=None):
         loc="outside right upper",
         fontsize="small",
         markerscale=max(1.0, 30 / size) ** 0.5,
-        title=f"{len(points)} embeddings",
+        title=title,
         title_fontsize="small",
     )
-    axes.set_xlabel(f"PC1 ({100 * explained[0]:.1f}% of variance)")
-    axes.set_ylabel(f"PC2 ({100 * explained[1]:.1f}% of variance)")
-    axes.grid(True, alpha=0.3)
-    if title:
-        axes.set_title(title)
-    return save_png(figure, path)
 
 
 def label_colours(n_labels):

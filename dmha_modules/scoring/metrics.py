@@ -287,23 +287,35 @@ def verification_metrics(scores, labels, p_target=0.01, c_miss=1.0, c_fa=1.0):
     thresholds, misses, false_alarms, n_target, n_nontarget = _error_counts(
         scores, labels
     )
+    eer_index, eer = _equal_error_point(misses, false_alarms, n_target, n_nontarget)
+    dcf_index, min_dcf = _min_normalised_dcf(
+        misses, false_alarms, n_target, n_nontarget, p_target, c_miss, c_fa
+    )
+    return {
+        "eer": float(eer),
+        "eer_threshold": float(thresholds[eer_index]),
+        "min_dcf": float(min_dcf),
+        "min_dcf_threshold": float(thresholds[dcf_index]),
+    }
 
+
+def _equal_error_point(misses, false_alarms, n_target, n_nontarget):
+    """Index of the EER threshold among the candidates, and the EER there."""
     # |P_fa - P_miss| scaled by n_target * n_nontarget: exact integers, so
     # thresholds that tie are recognised as ties and the lowest one is kept.
     eer_index = int(np.argmin(np.abs(false_alarms * n_target - misses * n_nontarget)))
     eer = (false_alarms[eer_index] / n_nontarget + misses[eer_index] / n_target) / 2
+    return eer_index, eer
 
+
+def _min_normalised_dcf(misses, false_alarms, n_target, n_nontarget, p_target, c_miss, c_fa):
+    """Index of the threshold of least normalised detection cost, and that cost."""
     costs = (
         c_miss * p_target * misses / n_target
         + c_fa * (1 - p_target) * false_alarms / n_nontarget
     ) / min(c_miss * p_target, c_fa * (1 - p_target))
     dcf_index = int(np.argmin(costs))
-    return {
-        "eer": float(eer),
-        "eer_threshold": float(thresholds[eer_index]),
-        "min_dcf": float(costs[dcf_index]),
-        "min_dcf_threshold": float(thresholds[dcf_index]),
-    }
+    return dcf_index, costs[dcf_index]
 
 
 def _draw(rng, indices, size):
