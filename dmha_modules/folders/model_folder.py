@@ -261,30 +261,41 @@ def write_model_folder(
     >>> cosine > 0.9999, sorted(os.listdir(folder))[:3]
     (True, ['classifier.ckpt', 'embedding_model.ckpt', 'hyperparams.yaml'])
     """
-    for name in MODEL_CHECKPOINTS:  # before any work: a NaN model is never written
-        if name in modules:
-            check_finite(modules[name].state_dict(), os.path.join(folder, f"{name}.ckpt"))
-    card = card or {}
+    _check_finite_checkpoints(folder, modules)  # before any work: a NaN model is never written
     hyperparams = model_hyperparams(modules, embedding, task, age_decoding,
                                     verification_threshold)
     replacement = Replacement(folder, hyperparams, modules["embedding_model"])
     with atomic_paths(folder) as (tmp,):
         os.makedirs(tmp)
-        for name in MODEL_CHECKPOINTS:
-            if name in modules:
-                torch.save(modules[name].state_dict(), os.path.join(tmp, f"{name}.ckpt"))
-        label_encoder.save(os.path.join(tmp, "label_encoder.ckpt"))
-        with open(os.path.join(tmp, "hyperparams.yaml"), "w", encoding="utf-8") as f:
-            f.write(hyperparams)
-        with open(os.path.join(tmp, "model_card.md"), "w", encoding="utf-8") as f:
-            f.write(model_card(task, embedding, card.get("data", "Not recorded."),
-                               card.get("metrics"), card.get("configuration", embedding[1])))
-        for source, name in extra_files:
-            shutil.copy(source, os.path.join(tmp, name))
+        _write_model_files(tmp, modules, label_encoder, hyperparams, task, embedding,
+                           card or {}, extra_files)
         # Checked under the temporary name: a folder that fails is never published.
         cosine = check_model_folder(tmp, modules, sample)
         replacement.into(tmp, modules)
     return cosine
+
+
+def _check_finite_checkpoints(folder, modules):
+    """Raises if a checkpointed module of ``modules`` has a non-finite weight."""
+    for name in MODEL_CHECKPOINTS:
+        if name in modules:
+            check_finite(modules[name].state_dict(), os.path.join(folder, f"{name}.ckpt"))
+
+
+def _write_model_files(folder, modules, label_encoder, hyperparams, task, embedding, card,
+                       extra_files):
+    """Writes a model folder's files into the existing ``folder`` (see ``write_model_folder``)."""
+    for name in MODEL_CHECKPOINTS:
+        if name in modules:
+            torch.save(modules[name].state_dict(), os.path.join(folder, f"{name}.ckpt"))
+    label_encoder.save(os.path.join(folder, "label_encoder.ckpt"))
+    with open(os.path.join(folder, "hyperparams.yaml"), "w", encoding="utf-8") as f:
+        f.write(hyperparams)
+    with open(os.path.join(folder, "model_card.md"), "w", encoding="utf-8") as f:
+        f.write(model_card(task, embedding, card.get("data", "Not recorded."),
+                           card.get("metrics"), card.get("configuration", embedding[1])))
+    for source, name in extra_files:
+        shutil.copy(source, os.path.join(folder, name))
 
 
 def experiment_card(hparams, label_encoder, metrics):

@@ -272,14 +272,44 @@ def export_onnx(compute_features, mean_var_norm, embedding_model, path, example_
         _cpu_eval_copy(m) for m in (compute_features, mean_var_norm, embedding_model)
     ]
     num_samples = max(int(round(example_seconds * sample_rate)), trace_min_samples)
+    checks = _check_batches(num_samples, min_samples)
+    expected = [_reference(*reference, *check) for check in checks]
+    program = _trace(exported, checks[0], trace_min_samples, type(embedding_model).__name__)
+    program.model.metadata_props.update(
+        {
+            "dmha.sample_rate": str(sample_rate),
+            "dmha.min_samples": str(min_samples),
+            "dmha.embedding_size": str(int(expected[0].shape[1])),
+            "dmha.embedding_model": type(embedding_model).__name__,
+        }
+    )
+    with atomic_paths(path) as (temporary,):
+        program.save(temporary, external_data=False)
+        _check_dynamic_inputs(temporary)
+        max_diff = _max_difference(temporary, checks, expected)
+        if not max_diff <= TOLERANCE:
+            largest = max(float(want.abs().max()) for want in expected)
+            raise RuntimeError(
+                f"ONNX Runtime differs from PyTorch by up to {max_diff:.3g} "
+                f"(tolerance {TOLERANCE}; embedding values up to {largest:.3g}); "
+                f"{path} not written"
+            )
+    return max_diff
+
+
+def _check_batches(num_samples, min_samples):
+    """The example batch (``num_samples`` long) and a second batch to check the graph on."""
     wavs, lengths = _example_batch(num_samples, [1.0, 0.61], seed=0)
     # A second batch: another batch size, an odd length ~0.55 of the example.
     check_samples = max(int(num_samples * 0.55) | 1, min_samples)
-    checks = [
+    return [
         (wavs, lengths),
         _example_batch(check_samples, [0.83, 1.0, 0.37], seed=1),
     ]
-    expected = [_reference(*reference, *check) for check in checks]
+
+
+def _trace(exported, example, trace_min_samples, model_name):
+    """The ONNX program of ``exported`` traced on ``example``, batch and time axes dynamic."""
     batch = torch.export.Dim("batch", min=1)
     # The graph is traced for inputs of at least TRACE_MIN_FRAMES frames: below
     # some frames the tracer finds size-1 special cases (broadcasting, pooling)
@@ -288,9 +318,9 @@ def export_onnx(compute_features, mean_var_norm, embedding_model, path, example_
     time = torch.export.Dim("time", min=trace_min_samples)
     try:
         with _export_context():
-            program = torch.onnx.export(
+            return torch.onnx.export(
                 exported,
-                (wavs, lengths),
+                example,
                 dynamo=True,
                 input_names=list(INPUT_NAMES),
                 output_names=[OUTPUT_NAME],
@@ -298,38 +328,21 @@ def export_onnx(compute_features, mean_var_norm, embedding_model, path, example_
                 verbose=False,
             )
     except Exception as error:
-        raise RuntimeError(
-            f"ONNX export of {type(embedding_model).__name__} failed: {error}"
-        ) from error
-    embedding_size = int(expected[0].shape[1])
-    program.model.metadata_props.update(
-        {
-            "dmha.sample_rate": str(sample_rate),
-            "dmha.min_samples": str(min_samples),
-            "dmha.embedding_size": str(embedding_size),
-            "dmha.embedding_model": type(embedding_model).__name__,
-        }
-    )
-    with atomic_paths(path) as (temporary,):
-        program.save(temporary, external_data=False)
-        _check_dynamic_inputs(temporary)
-        session = OnnxEmbedder(temporary, providers=["CPUExecutionProvider"])
-        max_diff = 0.0
-        for (check_wavs, check_lengths), want in zip(checks, expected):
-            got = session(check_wavs, check_lengths)
-            if got.shape != want.shape:
-                raise RuntimeError(
-                    f"ONNX output shape {tuple(got.shape)} differs from PyTorch's "
-                    f"{tuple(want.shape)} for input {tuple(check_wavs.shape)}"
-                )
-            max_diff = max(max_diff, float((got - want).abs().max()))
-        if not max_diff <= TOLERANCE:
-            largest = max(float(want.abs().max()) for want in expected)
+        raise RuntimeError(f"ONNX export of {model_name} failed: {error}") from error
+
+
+def _max_difference(path, checks, expected):
+    """Largest absolute difference from ``expected`` of ``path``'s ONNX Runtime (CPU) outputs."""
+    session = OnnxEmbedder(path, providers=["CPUExecutionProvider"])
+    max_diff = 0.0
+    for (check_wavs, check_lengths), want in zip(checks, expected):
+        got = session(check_wavs, check_lengths)
+        if got.shape != want.shape:
             raise RuntimeError(
-                f"ONNX Runtime differs from PyTorch by up to {max_diff:.3g} "
-                f"(tolerance {TOLERANCE}; embedding values up to {largest:.3g}); "
-                f"{path} not written"
+                f"ONNX output shape {tuple(got.shape)} differs from PyTorch's "
+                f"{tuple(want.shape)} for input {tuple(check_wavs.shape)}"
             )
+        max_diff = max(max_diff, float((got - want).abs().max()))
     return max_diff
 
 

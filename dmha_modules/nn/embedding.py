@@ -191,31 +191,38 @@ def embed_files(
         for batch in length_batches(durations, batch_seconds, max_batch_size)
     ]
 
-    def load(batch):
-        loaded = []
-        for index in batch:
-            try:
-                loaded.append((index, load_utterance(paths[index], sample_rate)))
-            except AudioError as error:
-                loaded.append((index, error))
-        return loaded
-
     with tqdm(total=len(paths), disable=not progress, unit="file", desc="Embedding") as bar, \
             concurrent.futures.ThreadPoolExecutor(max_workers=1) as reader:
         bar.update(len(paths) - len(readable))
-        pending = reader.submit(load, batches[0]) if batches else None
+        pending = reader.submit(_load_batch, paths, batches[0], sample_rate) if batches else None
         for number in range(len(batches)):
             loaded = pending.result()
             if number + 1 < len(batches):
-                pending = reader.submit(load, batches[number + 1])
-            good = [(index, wav) for index, wav in loaded if isinstance(wav, torch.Tensor)]
-            for index, wav in loaded:
-                if not isinstance(wav, torch.Tensor):
-                    yield index, wav
-            if good:
-                wavs, lengths = pad_batch([wav for _, wav in good])
-                with torch.inference_mode():
-                    embeddings = embed(wavs, lengths).float().cpu()
-                for (index, _), embedding in zip(good, embeddings):
-                    yield index, embedding
+                pending = reader.submit(_load_batch, paths, batches[number + 1], sample_rate)
+            yield from _embed_loaded(embed, loaded)
             bar.update(len(loaded))
+
+
+def _load_batch(paths, batch, sample_rate):
+    """``(index, waveform or AudioError)`` for each index of ``batch`` into ``paths``."""
+    loaded = []
+    for index in batch:
+        try:
+            loaded.append((index, load_utterance(paths[index], sample_rate)))
+        except AudioError as error:
+            loaded.append((index, error))
+    return loaded
+
+
+def _embed_loaded(embed, loaded):
+    """Yields ``_load_batch``'s errors, then the embeddings of its waveforms as one batch."""
+    good = [(index, wav) for index, wav in loaded if isinstance(wav, torch.Tensor)]
+    for index, wav in loaded:
+        if not isinstance(wav, torch.Tensor):
+            yield index, wav
+    if good:
+        wavs, lengths = pad_batch([wav for _, wav in good])
+        with torch.inference_mode():
+            embeddings = embed(wavs, lengths).float().cpu()
+        for (index, _), embedding in zip(good, embeddings):
+            yield index, embedding

@@ -319,6 +319,31 @@ def convert_state(original_state, shapes, path, unused=UNUSED_ORIGINAL_NAMES):
     return converted
 
 
+def classifier_kwargs_of(settings):
+    """``Classifier`` arguments of the original's cosine classifier from its settings."""
+    return {
+        "input_size": settings["embedding_size"],
+        "n_classes": settings["num_spkrs"],
+        "hidden_size": settings["embedding_size"],
+        "cosine": True,
+    }
+
+
+def split_state(state):
+    """The embedding model's and the classifier's state dicts of ``convert_state``'s result."""
+    embedding_state = {
+        name: value
+        for name, value in state.items()
+        if not name.startswith(CLASSIFIER_PREFIX)
+    }
+    classifier_state = {
+        name[len(CLASSIFIER_PREFIX) :]: value
+        for name, value in state.items()
+        if name.startswith(CLASSIFIER_PREFIX)
+    }
+    return embedding_state, classifier_state
+
+
 def load_original(checkpoint, config):
     """Loads a model of the original code for ``EmbeddingModel`` and ``Classifier``.
 
@@ -378,28 +403,17 @@ def load_original(checkpoint, config):
     embedding_kwargs = embedding_kwargs_of(settings, settings_file)
     std_norm, task, decision, class_names = pipeline_of(settings, settings_file)
     n_classes = settings["num_spkrs"]
-    classifier_kwargs = {
-        "input_size": settings["embedding_size"],
-        "n_classes": n_classes,
-        "hidden_size": settings["embedding_size"],
-        "cosine": True,
-    }
+    classifier_kwargs = classifier_kwargs_of(settings)
     shapes = expected_shapes(embedding_kwargs, classifier_kwargs, settings_file)
     unused = UNUSED_RESNET_NAMES if settings["front_end"] == "resnet" else UNUSED_ORIGINAL_NAMES
-    state = convert_state(original_state, shapes, checkpoint, unused)
+    embedding_state, classifier_state = split_state(
+        convert_state(original_state, shapes, checkpoint, unused)
+    )
     return OriginalModel(
         embedding_kwargs=embedding_kwargs,
-        embedding_state={
-            name: value
-            for name, value in state.items()
-            if not name.startswith(CLASSIFIER_PREFIX)
-        },
+        embedding_state=embedding_state,
         classifier_kwargs=classifier_kwargs,
-        classifier_state={
-            name[len(CLASSIFIER_PREFIX) :]: value
-            for name, value in state.items()
-            if name.startswith(CLASSIFIER_PREFIX)
-        },
+        classifier_state=classifier_state,
         settings=settings,
         n_classes=n_classes,
         std_norm=std_norm,

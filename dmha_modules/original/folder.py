@@ -79,9 +79,7 @@ def import_original(
     from speechbrain.dataio.encoder import CategoricalEncoder
 
     from dmha_modules.folders.model_folder import noise_sample, write_model_folder
-    from dmha_modules.nn.features import LogMelFeatures, UtteranceNorm
-    from dmha_modules.nn.heads import Classifier
-    from dmha_modules.nn.models import EmbeddingModel
+    from dmha_modules.nn.features import LogMelFeatures
 
     compute_features = LogMelFeatures(sample_rate=sample_rate, framing="original")
     if compute_features.win_length > ORIGINAL_N_FFT:
@@ -92,23 +90,9 @@ def import_original(
         )
     loaded = load_original(checkpoint, config)
     task = task or loaded.task
-    names = tuple(groups) if groups else loaded.class_names
-    if len(names) != loaded.n_classes or len(set(names)) != len(names):
-        raise OriginalFormatError(
-            f"{checkpoint}: {loaded.n_classes} classes, but {len(names)} "
-            f"{'distinct ' if len(names) == loaded.n_classes else ''}names were given"
-        )
+    names = _class_names(loaded, groups, checkpoint)
     age_decoding = _age_decoding(loaded, names, group_ages, checkpoint) if task == "age" else None
-    embedding_model = EmbeddingModel(**loaded.embedding_kwargs)
-    embedding_model.load_state_dict(loaded.embedding_state, strict=True)
-    classifier = Classifier(**loaded.classifier_kwargs)
-    classifier.load_state_dict(loaded.classifier_state, strict=True)
-    modules = {
-        "compute_features": compute_features,
-        "mean_var_norm": UtteranceNorm(std_norm=loaded.std_norm),
-        "embedding_model": embedding_model,
-        "classifier": classifier,
-    }
+    modules = _converted_modules(loaded, compute_features)
     encoder = CategoricalEncoder()
     encoder.update_from_iterable(names)
     settings = {k: v for k, v in loaded.settings.items() if isinstance(v, (int, float, str, bool))}
@@ -122,6 +106,35 @@ def import_original(
         encoder, noise_sample(sample_rate), task=task, age_decoding=age_decoding, card=card,
     )
     return out, cosine
+
+
+def _class_names(loaded, groups, checkpoint):
+    """The class names, ``groups`` or the original's, checked against the model's classes."""
+    names = tuple(groups) if groups else loaded.class_names
+    if len(names) != loaded.n_classes or len(set(names)) != len(names):
+        raise OriginalFormatError(
+            f"{checkpoint}: {loaded.n_classes} classes, but {len(names)} "
+            f"{'distinct ' if len(names) == loaded.n_classes else ''}names were given"
+        )
+    return names
+
+
+def _converted_modules(loaded, compute_features):
+    """``write_model_folder``'s modules of a loaded original model."""
+    from dmha_modules.nn.features import UtteranceNorm
+    from dmha_modules.nn.heads import Classifier
+    from dmha_modules.nn.models import EmbeddingModel
+
+    embedding_model = EmbeddingModel(**loaded.embedding_kwargs)
+    embedding_model.load_state_dict(loaded.embedding_state, strict=True)
+    classifier = Classifier(**loaded.classifier_kwargs)
+    classifier.load_state_dict(loaded.classifier_state, strict=True)
+    return {
+        "compute_features": compute_features,
+        "mean_var_norm": UtteranceNorm(std_norm=loaded.std_norm),
+        "embedding_model": embedding_model,
+        "classifier": classifier,
+    }
 
 
 def _age_decoding(loaded, names, group_ages, checkpoint):

@@ -6,6 +6,8 @@ with ``precomputed_features``, the ``.npy`` files of ``dmha features``
 for age models, ``age_years`` and ``gender_label``.
 """
 
+import functools
+
 import numpy as np
 import soundfile
 import speechbrain as sb
@@ -39,64 +41,19 @@ def dataio_prep(hparams, label_encoders, target_keys, gender_classes=None):
     """
     crop = hparams["crop_seconds"]
     rate = hparams["sample_rate"]
-
-    def make_audio_pipeline(random_crop):
-        @sb.utils.data_pipeline.takes("wav", "duration")
-        @sb.utils.data_pipeline.provides("sig")
-        def audio_pipeline(wav, duration):
-            if random_crop and duration > crop:
-                info = soundfile.info(wav)
-                length = int(crop * info.samplerate)
-                start = int(torch.randint(0, info.frames - length + 1, ()).item())
-                return read_audio(wav, rate, start, start + length)[0]
-            return read_audio(wav, rate)[0]
-
-        return audio_pipeline
-
-    def make_features_pipeline(random_crop):
-        @sb.utils.data_pipeline.takes("wav")
-        @sb.utils.data_pipeline.provides("feats")
-        def features_pipeline(wav):
-            # Memory-mapped, so a crop reads only its frames.
-            path = features_path(wav, hparams["features_folder"], hparams["data_folder"])
-            feats = np.load(path, mmap_mode="r")
-            frames = int(crop * 1000 / hparams["hop_length_ms"])
-            if random_crop and len(feats) > frames:
-                start = int(torch.randint(0, len(feats) - frames + 1, ()).item())
-                feats = feats[start : start + frames]
-            return torch.from_numpy(np.array(feats, dtype=np.float32))
-
-        return features_pipeline
-
-    def make_label_pipeline(encoder):
-        @sb.utils.data_pipeline.takes(label_key(hparams))
-        @sb.utils.data_pipeline.provides("label")
-        def label_pipeline(label):
-            return torch.LongTensor([encoder.encode_label(label)])
-
-        return label_pipeline
-
-    @sb.utils.data_pipeline.takes("age")
-    @sb.utils.data_pipeline.provides("age_years")
-    def years_pipeline(age):
-        return torch.tensor([float(age)])
-
-    genders = {name: index for index, name in enumerate(gender_classes or ())}
-
-    @sb.utils.data_pipeline.takes("gender")
-    @sb.utils.data_pipeline.provides("gender_label")
-    def gender_pipeline(gender):
-        return torch.LongTensor([genders.get(gender, -1)])  # -1: not given
-
+    years_pipeline = _years_pipeline()
+    gender_pipeline = _gender_pipeline(gender_classes)
     if hparams["precomputed_features"]:
-        make_input_pipeline, input_key = make_features_pipeline, "feats"
+        make_input_pipeline = functools.partial(_features_pipeline, hparams, crop)
+        input_key = "feats"
     else:
-        make_input_pipeline, input_key = make_audio_pipeline, "sig"
+        make_input_pipeline = functools.partial(_audio_pipeline, crop, rate)
+        input_key = "sig"
     datasets = {}
     for split in SPLITS:
         dataset = sb.dataio.dataset.DynamicItemDataset(read_manifest(hparams, split))
         dataset.add_dynamic_item(make_input_pipeline(split == "train"))
-        dataset.add_dynamic_item(make_label_pipeline(label_encoders[split]))
+        dataset.add_dynamic_item(_label_pipeline(hparams, label_encoders[split]))
         if "age_years" in target_keys:
             dataset.add_dynamic_item(years_pipeline)
         if "gender_label" in target_keys:
@@ -104,3 +61,67 @@ def dataio_prep(hparams, label_encoders, target_keys, gender_classes=None):
         dataset.set_output_keys(["id", input_key, *target_keys])
         datasets[split] = dataset
     return datasets
+
+
+def _audio_pipeline(crop, rate, random_crop):
+    """The ``sig`` pipeline: waveforms at ``rate``, randomly cropped to ``crop`` s if ``random_crop``."""
+    @sb.utils.data_pipeline.takes("wav", "duration")
+    @sb.utils.data_pipeline.provides("sig")
+    def audio_pipeline(wav, duration):
+        if random_crop and duration > crop:
+            info = soundfile.info(wav)
+            length = int(crop * info.samplerate)
+            start = int(torch.randint(0, info.frames - length + 1, ()).item())
+            return read_audio(wav, rate, start, start + length)[0]
+        return read_audio(wav, rate)[0]
+
+    return audio_pipeline
+
+
+def _features_pipeline(hparams, crop, random_crop):
+    """The ``feats`` pipeline: ``dmha features`` files, randomly cropped to ``crop`` s if ``random_crop``."""
+    @sb.utils.data_pipeline.takes("wav")
+    @sb.utils.data_pipeline.provides("feats")
+    def features_pipeline(wav):
+        # Memory-mapped, so a crop reads only its frames.
+        path = features_path(wav, hparams["features_folder"], hparams["data_folder"])
+        feats = np.load(path, mmap_mode="r")
+        frames = int(crop * 1000 / hparams["hop_length_ms"])
+        if random_crop and len(feats) > frames:
+            start = int(torch.randint(0, len(feats) - frames + 1, ()).item())
+            feats = feats[start : start + frames]
+        return torch.from_numpy(np.array(feats, dtype=np.float32))
+
+    return features_pipeline
+
+
+def _label_pipeline(hparams, encoder):
+    """The ``label`` pipeline: the class index of the manifest's label under ``encoder``."""
+    @sb.utils.data_pipeline.takes(label_key(hparams))
+    @sb.utils.data_pipeline.provides("label")
+    def label_pipeline(label):
+        return torch.LongTensor([encoder.encode_label(label)])
+
+    return label_pipeline
+
+
+def _years_pipeline():
+    """The ``age_years`` pipeline: the manifest's age as a float tensor."""
+    @sb.utils.data_pipeline.takes("age")
+    @sb.utils.data_pipeline.provides("age_years")
+    def years_pipeline(age):
+        return torch.tensor([float(age)])
+
+    return years_pipeline
+
+
+def _gender_pipeline(gender_classes):
+    """The ``gender_label`` pipeline: the index of the manifest's gender in ``gender_classes``."""
+    genders = {name: index for index, name in enumerate(gender_classes or ())}
+
+    @sb.utils.data_pipeline.takes("gender")
+    @sb.utils.data_pipeline.provides("gender_label")
+    def gender_pipeline(gender):
+        return torch.LongTensor([genders.get(gender, -1)])  # -1: not given
+
+    return gender_pipeline
