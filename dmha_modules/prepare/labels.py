@@ -31,13 +31,12 @@ def prepare_labels_file(
 ):
     """Converts the original code's labels and trial files into manifests.
 
-    A labels file holds one ``path label -1`` per line: an audio path
-    relative to ``data_folder`` and inside it (extension optional: ``.wav``
-    then ``.flac`` are tried; absolute paths and paths leaving the folder are
+    A labels file holds one ``path label -1`` per line: an audio path relative
+    to ``data_folder`` and inside it (extension optional: ``.wav`` then
+    ``.flac`` are tried; absolute paths and paths leaving the folder are
     refused, as is a third field other than ``-1``) and a class index. Its
     classes must be exactly ``0..N-1``, each used by a line (so N is at most
-    the number of lines, which bounds the labels before anything is sized by them).
-    The files are already the splits the original trained on, so they are
+    the number of lines). The files are the splits the original trained on,
     kept as they are: the train labels file gives ``train.csv``, the valid one
     ``valid.csv``. Trial files hold ``pathA pathB`` per line, same-speaker
     pairs in the clients file and different-speaker pairs in the impostors
@@ -51,22 +50,19 @@ def prepare_labels_file(
         Folder the labels-file paths are relative to (``$data_root``).
     save_folder : str
         Where the manifests, ``summary.json`` and the run record go.
-    train_labels : str
-        The train labels file.
-    valid_labels : str, optional
-        The validation labels file; its labels must lie in the train range.
+    train_labels, valid_labels : str
+        The train and (optional) validation labels files; validation labels
+        must lie in the train range.
     trials_clients, trials_impostors : str, optional
         Trial files of same-speaker and different-speaker pairs; both or neither.
     label_kind : str
-        What the labels are: "speaker" (``spk_id``, the speaker-verification
-        code) or "age_group" (``age_group``, the age-classification variant,
-        whose files do not name speakers: ``spk_id`` stays empty).
+        "speaker" (``spk_id``, the speaker-verification code) or "age_group"
+        (``age_group``; the age variant, naming no speaker: ``spk_id`` empty).
     num_classes : int, optional
         N; by default the largest train label + 1.
     valid_data_folder : str, optional
-        Folder the valid labels and trial paths are relative to, when not
-        ``data_folder`` (the original's ``--valid_data_dir``); its manifest
-        paths still start with ``$data_root``, relative to ``data_folder``.
+        Root of the valid labels' and trial paths if not ``data_folder`` (the
+        original's ``--valid_data_dir``); manifest paths keep ``$data_root``.
     skip_bad : bool
         Drop bad rows (listed in ``rejects.csv``) instead of failing.
     jobs : int, optional
@@ -88,62 +84,47 @@ def prepare_labels_file(
     >>> data = str(getfixture("tmp_path"))
     >>> for name in ("a", "b"):
     ...     soundfile.write(os.path.join(data, name + ".wav"), numpy.zeros(1600), 16000)
-    >>> with open(os.path.join(data, "train.lst"), "w") as labels:
-    ...     _ = labels.write("a 0 -1\\nb 1 -1\\n")
     >>> labels = os.path.join(data, "train.lst")
+    >>> with open(labels, "w") as listing:
+    ...     _ = listing.write("a 0 -1\\nb 1 -1\\n")
     >>> out = prepare_labels_file(data, os.path.join(data, "prep"), labels)
     >>> print(open(out["train"]).read().strip())
     ID,duration,wav,spk_id
     a,0.1,$data_root/a.wav,0
     b,0.1,$data_root/b.wav,1
     """
+    listings = (train_labels, valid_labels, trials_clients, trials_impostors)
+    return _prepare_listings(listings, data_folder, valid_data_folder, save_folder,
+                             label_kind, num_classes, skip_bad, jobs)
+
+
+def _check_label_options(label_kind, trials):
+    """Refuses an unknown ``label_kind``, and one of the two ``trials`` files alone."""
     if label_kind not in ("speaker", "age_group"):
         raise ValueError(
             f"label_kind must be 'speaker' or 'age_group', got {label_kind!r}"
         )
+    trials_clients, trials_impostors = trials
     if (trials_clients is None) != (trials_impostors is None):
         raise ValueError(
             "trials_clients and trials_impostors go together: give both or neither"
         )
+
+
+def _prepare_listings(listings, data_folder, valid_data_folder, save_folder,
+                      label_kind, num_classes, skip_bad, jobs):
+    """Checks the options of :func:`prepare_labels_file`, then prepares its files.
+
+    ``listings`` are the train labels, valid labels, clients and impostors
+    files, None when not given.
+    """
+    _check_label_options(label_kind, trials=listings[2:])
     valid_data_folder = valid_data_folder or data_folder
 
     def read(log):
-        train, labels_of = _read_labels(train_labels, data_folder, data_folder, log)
-        _bound_labels(train, labels_of, num_classes, train_labels, log)
-        n_classes = num_classes
-        if n_classes is None:
-            n_classes = max(labels_of.values(), default=-1) + 1
-        valid = []
-        if valid_labels is not None:
-            valid, valid_labels_of = _read_labels(
-                valid_labels, valid_data_folder, data_folder, log
-            )
-            labels_of.update(valid_labels_of)
-        trials = []
-        if trials_clients is not None:
-            valid, trials = _read_trial_pairs(
-                [(trials_clients, 1), (trials_impostors, 0)],
-                valid_data_folder,
-                data_folder,
-                valid if valid_labels is not None else None,
-                log,
-            )
-        _set_labels(train + valid, labels_of, n_classes, label_kind, log)
-        reject_duplicates(train + valid, log)
-        probe_utterances(train + valid, data_folder, log, jobs)
-        if not kept(train):
-            log.stop(train_labels, None, "no usable utterance")
-        _check_label_gaps(kept(train), labels_of, n_classes, train_labels, log)
-        kept_ids = {row.id for row in kept(valid)}
-        # Under skip_bad, a trial whose audio was dropped goes with it.
-        trials = [trial for trial in trials if {trial[1], trial[2]} <= kept_ids]
-        return Corpus(
-            splits={"train": train, "valid": valid},
-            trials=trials,
-            group_order=[str(label) for label in range(n_classes)],
-        )
+        return _read_corpus(listings, data_folder, valid_data_folder, num_classes,
+                            label_kind, log, jobs)
 
-    listings = [train_labels, valid_labels, trials_clients, trials_impostors]
     return prepare_corpus(
         "labels",
         data_folder,
@@ -158,6 +139,46 @@ def prepare_labels_file(
         skip_bad,
         # The valid labels name the train speakers: validation is closed-set.
         speaker_disjoint=False,
+    )
+
+
+def _read_corpus(listings, data_folder, valid_data_folder, num_classes, label_kind,
+                 log, jobs):
+    """Reads the ``listings`` into a corpus: checked train and valid rows, trials."""
+    train_labels, valid_labels, trials_clients, trials_impostors = listings
+    train, labels_of = _read_labels(train_labels, data_folder, data_folder, log)
+    _bound_labels(train, labels_of, num_classes, train_labels, log)
+    n_classes = num_classes
+    if n_classes is None:
+        n_classes = max(labels_of.values(), default=-1) + 1
+    valid = []
+    if valid_labels is not None:
+        valid, valid_labels_of = _read_labels(
+            valid_labels, valid_data_folder, data_folder, log
+        )
+        labels_of.update(valid_labels_of)
+    trials = []
+    if trials_clients is not None:
+        valid, trials = _read_trial_pairs(
+            [(trials_clients, 1), (trials_impostors, 0)],
+            valid_data_folder,
+            data_folder,
+            valid if valid_labels is not None else None,
+            log,
+        )
+    _set_labels(train + valid, labels_of, n_classes, label_kind, log)
+    reject_duplicates(train + valid, log)
+    probe_utterances(train + valid, data_folder, log, jobs)
+    if not kept(train):
+        log.stop(train_labels, None, "no usable utterance")
+    _check_label_gaps(kept(train), labels_of, n_classes, train_labels, log)
+    kept_ids = {row.id for row in kept(valid)}
+    # Under skip_bad, a trial whose audio was dropped goes with it.
+    trials = [trial for trial in trials if {trial[1], trial[2]} <= kept_ids]
+    return Corpus(
+        splits={"train": train, "valid": valid},
+        trials=trials,
+        group_order=[str(label) for label in range(n_classes)],
     )
 
 
