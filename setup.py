@@ -29,6 +29,9 @@ setup(
         "speechbrain>=1.1,<1.2",
         "hyperpyyaml>=1.2,<2",
         "soundfile>=0.12,<1",
+        # AAC (.m4a, VoxCeleb2 as distributed), which libsndfile cannot decode:
+        # PyAV's wheels carry their own FFmpeg, so no system decoder is needed.
+        "av>=14,<19",
         "numpy>=1.26,<3",
         "scipy>=1.11,<2",
         "tqdm>=4.60,<5",
