@@ -50,6 +50,7 @@ from dmha_modules.allocator import keep_freed_memory
 from dmha_modules.io.atomic import atomic_paths
 from dmha_modules.recipe.brains import AgeBrain, SpeakerBrain
 from dmha_modules.recipe.checkpoints import refuse_another_model
+from dmha_modules.recipe.preemption import PREEMPTED, STOP, Preempted
 from dmha_modules.cli.errors import INTERRUPTED
 from dmha_modules.recipe.datasets import SPLITS, dataio_prep
 from dmha_modules.recipe.build import (
@@ -253,7 +254,11 @@ def main(argv=None):
 
     Ctrl-C is one line and status 130 (what the shell gives a process that
     SIGINT ended); checkpoints are written whole, so the last one is kept.
+    SIGTERM (a cluster's notice of preemption) stops training at the end of a
+    batch with a checkpoint, and status 143 (``PREEMPTED``) asks the batch
+    script to requeue the job (docs/training.md, "Clusters").
     """
+    STOP.install()
     try:
         train(sys.argv[1:] if argv is None else argv)
     except INPUT_PROBLEMS as error:
@@ -263,6 +268,10 @@ def main(argv=None):
         print("recipes/train.py: interrupted; the last checkpoint is kept: rerun the same "
               "command to resume", file=sys.stderr)
         return INTERRUPTED
+    except Preempted as stopped:
+        print(f"recipes/train.py: {stopped}; rerun the same command to resume",
+              file=sys.stderr)
+        return PREEMPTED
     return 0
 
 

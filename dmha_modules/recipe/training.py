@@ -14,10 +14,16 @@ import dataclasses
 import fcntl
 import logging
 import os
+import time
 
 import numpy as np
 import speechbrain as sb
 import torch
+from speechbrain.utils.distributed import ddp_barrier, if_main_process
+
+from dmha_modules.recipe.preemption import STOP, Preempted
+
+logger = logging.getLogger(__name__)
 
 
 class RankBatches(torch.utils.data.distributed.DistributedSampler):
@@ -74,7 +80,10 @@ class RankBatches(torch.utils.data.distributed.DistributedSampler):
 class DDPBrain(sb.Brain):
     """SpeechBrain's ``Brain``, with DDP suited to length-bucketed batches and to CPUs.
 
-    Two differences, both under DDP only: a training ``batch_sampler`` is
+    Three differences. On SIGTERM (:mod:`dmha_modules.recipe.preemption`) the
+    training stops at the end of a batch, all ranks together, with an
+    intra-epoch checkpoint that a rerun resumes from, and says where it
+    resumed. Under DDP: a training ``batch_sampler`` is
     split among the ranks by :class:`RankBatches` (SpeechBrain pads the batch
     list by repeating batches so that it divides among the ranks; here the
     remainder is dropped, and the epoch's shuffle picks other batches to drop
@@ -98,6 +107,63 @@ class DDPBrain(sb.Brain):
         self.train_sampler = RankBatches(batch_sampler, rank=self.rank)
         loader_kwargs["batch_sampler"] = self.train_sampler
         return loader_kwargs
+
+    def fit(self, *args, **kwargs):
+        """SpeechBrain's, with SIGTERM deferred to the end of a training batch.
+
+        A signal after the last training batch (in the last validation)
+        stops the run once ``fit`` is done, the end-of-epoch checkpoint saved.
+        """
+        with STOP.deferred():
+            super().fit(*args, **kwargs)
+            stop, _ = STOP.agreed(False, self.device)
+        if stop:
+            raise Preempted("SIGTERM after the last training batch; the end-of-epoch "
+                            "checkpoint is kept")
+
+    def on_fit_start(self):
+        """SpeechBrain's, which resumes from the last checkpoint, and says where."""
+        super().on_fit_start()
+        checkpoint = self.checkpointer.find_checkpoint() if self.checkpointer else None
+        if checkpoint is not None:
+            logger.info("Resumed from %s: optimizer step %d, epoch %d after %d batches",
+                        checkpoint.path, self.optimizer_step,
+                        self.epoch_in_progress(before_fit=True), self.step)
+
+    def epoch_in_progress(self, before_fit=False):
+        """The epoch being trained, counted from 1; ``before_fit``: the one to train next."""
+        current = getattr(getattr(self.hparams, "epoch_counter", None), "current", 0)
+        return current + 1 if before_fit else current
+
+    def _should_save_intra_epoch_ckpt(self, last_ckpt_time, steps_since_ckpt):
+        """SpeechBrain's timed checkpoint (rank 0 decides), and the stop on SIGTERM.
+
+        Both in one ``all_reduce`` under DDP (SpeechBrain broadcasts its
+        decision alone, as a pickled object, after every batch).
+        """
+        elapsed_minutes = (time.time() - last_ckpt_time) / 60.0
+        due = self.checkpointer is not None and (
+            0 < self.ckpt_interval_minutes < elapsed_minutes
+            or 0 < self.ckpt_interval_steps <= steps_since_ckpt)
+        stop, due = STOP.agreed(due, self.device)
+        if stop:
+            self.stop_for_requeue()
+        return due
+
+    def stop_for_requeue(self):
+        """Saves an intra-epoch checkpoint (rank 0 writes it) and raises ``Preempted``."""
+        where = "no checkpointer: nothing saved"
+        if self.checkpointer is not None:
+            self._save_intra_epoch_ckpt()
+            ddp_barrier()  # the other ranks exit once rank 0 has written it
+            where = "checkpoint saved"
+            if if_main_process():
+                where += f" in {self.checkpointer.find_checkpoint().path}"
+        message = (f"SIGTERM: {where} at optimizer step {self.optimizer_step}, epoch "
+                   f"{self.epoch_in_progress()} after {self.step} batches")
+        if if_main_process():
+            logger.info(message)
+        raise Preempted(message)
 
     def _wrap_distributed(self):
         """SpeechBrain's, except that gloo DDP goes without SyncBatchNorm."""
