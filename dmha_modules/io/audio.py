@@ -4,8 +4,14 @@
 samples (``dmha embed``, ``age``, ``verify``, ``score``, ``features``):
 missing, empty, non-audio, truncated, silent and NaN- or Inf-holding files
 raise an :class:`AudioError` naming the file.
+
+libsndfile reads WAV, FLAC, MP3, Ogg and the like; MP4 files (VoxCeleb2's
+AAC ``.m4a``), recognised by their first bytes, are decoded by PyAV
+(:mod:`dmha_modules.io.mp4_audio`). Both give the same mono float32 samples
+at the file's rate, then the same down-mix and resampling.
 """
 
+import collections
 import os
 
 import numpy
@@ -16,6 +22,21 @@ import torchaudio
 # The one list of audio extensions lives with the header parsers, which
 # data preparation imports without torch.
 from dmha_modules.io.audio_headers import AUDIO_EXTENSIONS, file_problem, riff_chunks  # noqa: F401
+from dmha_modules.io.mp4_audio import Mp4Error, is_mp4, mp4_header, read_mp4
+
+
+class AudioInfo(collections.namedtuple("AudioInfo", "frames samplerate channels")):
+    """What :func:`audio_info` tells of a file from its header, whatever its format.
+
+    Example
+    -------
+    >>> info = AudioInfo(frames=8000, samplerate=16000, channels=1)
+    >>> info.frames / info.samplerate
+    0.5
+    """
+
+    __slots__ = ()
+
 
 # Frames read at a time from multichannel files, which are down-mixed block by block.
 _BLOCK_FRAMES = 1 << 18
@@ -34,14 +55,31 @@ class AudioError(ValueError):
 
 
 def audio_info(path):
-    """``soundfile.info`` of ``path``, or an ``AudioError`` saying what is wrong."""
+    """The :class:`AudioInfo` of ``path`` from its header; an ``AudioError`` says what is wrong.
+
+    Example
+    -------
+    >>> import tempfile, numpy
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.flac")
+    >>> soundfile.write(path, numpy.zeros((800, 2)), 8000)
+    >>> audio_info(path)
+    AudioInfo(frames=800, samplerate=8000, channels=2)
+    """
     problem = file_problem(path)
     if problem is not None:
         raise AudioError(f"{path}: {problem}")
     try:
-        info = soundfile.info(path)
+        if is_mp4(path):
+            info = AudioInfo(*mp4_header(path))
+        else:
+            header = soundfile.info(path)
+            info = AudioInfo(header.frames, header.samplerate, header.channels)
+    except Mp4Error as error:
+        raise AudioError(f"{path}: {error}") from None
     except (RuntimeError, soundfile.LibsndfileError) as error:
         raise AudioError(f"{path}: not a readable audio file ({error})") from None
+    except OSError as error:
+        raise AudioError(f"{path}: {error.strerror or error}") from None
     if info.frames <= 0:
         raise AudioError(f"{path}: no samples")
     return info
@@ -53,7 +91,7 @@ def read_checked_audio(path):
     Arguments
     ---------
     path : str
-        Audio file in any format libsndfile reads.
+        Audio file in any format libsndfile reads, or MP4 (AAC ``.m4a``).
 
     Returns
     -------
@@ -98,11 +136,12 @@ def read_audio(path, sample_rate=None, start=0, stop=None):
 
     Multichannel audio is read and averaged a block at a time into the mono
     waveform, so it takes little more memory than the mono waveform itself.
+    MP4 files are decoded by :func:`dmha_modules.io.mp4_audio.read_mp4`.
 
     Arguments
     ---------
     path : str
-        Audio file (any format libsndfile reads).
+        Audio file (any format libsndfile reads, or MP4 such as AAC ``.m4a``).
     sample_rate : int, optional
         Resample to this rate; None keeps the file's.
     start, stop : int, optional
@@ -113,6 +152,11 @@ def read_audio(path, sample_rate=None, start=0, stop=None):
     tuple
         The waveform ``(samples,)`` as float32 in [-1, 1], and its sample rate.
 
+    Raises
+    ------
+    AudioError
+        An MP4 file that cannot be decoded (other formats raise libsndfile's errors).
+
     Example
     -------
     >>> import os, tempfile, numpy
@@ -122,6 +166,22 @@ def read_audio(path, sample_rate=None, start=0, stop=None):
     >>> wav.shape, rate, round(wav[800].item(), 3)
     (torch.Size([1600]), 16000, 0.125)
     """
+    if is_mp4(path):
+        try:
+            mono, rate = read_mp4(path, start, stop)
+        except Mp4Error as error:
+            raise AudioError(f"{path}: {error}") from None
+    else:
+        mono, rate = _read_soundfile(path, start, stop)
+    wav = torch.from_numpy(mono)
+    if sample_rate is not None and rate != sample_rate:
+        wav = resample(wav, rate, sample_rate)
+        rate = sample_rate
+    return wav, rate
+
+
+def _read_soundfile(path, start, stop):
+    """Samples ``start:stop`` of ``path`` through libsndfile: mono float32 numpy, and the rate."""
     with soundfile.SoundFile(path) as audio:
         rate = audio.samplerate
         if start:
@@ -141,11 +201,7 @@ def read_audio(path, sample_rate=None, start=0, stop=None):
                 numpy.mean(block, axis=1, out=mono[filled : filled + len(block)])
                 filled += len(block)
             mono = mono[:filled]  # a file shorter than its header says
-    wav = torch.from_numpy(mono)
-    if sample_rate is not None and rate != sample_rate:
-        wav = resample(wav, rate, sample_rate)
-        rate = sample_rate
-    return wav, rate
+    return mono, rate
 
 
 def resample(wav, rate, sample_rate, piece_seconds=60):

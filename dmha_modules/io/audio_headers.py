@@ -118,12 +118,13 @@ def riff_chunks(audio, size):
 def read_audio_header(path):
     """Returns the duration and sample rate of an audio file from its header.
 
-    WAV (PCM / float), FLAC and MP4 (``.m4a``) headers are parsed directly,
-    which is several times faster than libsndfile on short files; any header
-    these parsers do not fully understand is handed to ``soundfile.info``,
-    so they never decide on a file libsndfile would read differently.
-    MP4 is the exception: libsndfile cannot read it, so its duration comes
-    from the movie header (``mvhd`` box) alone and the sample rate is None.
+    WAV (PCM / float) and FLAC headers are parsed directly, which is several
+    times faster than libsndfile on short files; any header these parsers do
+    not fully understand is handed to ``soundfile.info``, so they never
+    decide on a file libsndfile would read differently. MP4 (AAC ``.m4a``),
+    which libsndfile cannot read, is opened with PyAV, which reads its
+    metadata without decoding (:func:`dmha_modules.io.mp4_audio.mp4_header`:
+    the duration after the edit list, as the decoder returns it).
 
     Arguments
     ---------
@@ -134,8 +135,8 @@ def read_audio_header(path):
     -------
     duration : float
         Seconds.
-    sample_rate : int or None
-        Hz; None for MP4.
+    sample_rate : int
+        Hz.
 
     Raises
     ------
@@ -163,12 +164,7 @@ def read_audio_header(path):
             elif magic[:4] == b"fLaC":
                 info = _parse_flac(audio)
             elif magic[4:8] == b"ftyp":
-                duration = _parse_mp4_duration(audio, size)
-                if duration is None:
-                    raise ValueError("no MP4 movie header (mvhd box) found")
-                if duration <= 0:
-                    raise ValueError("the audio has no samples (zero length)")
-                return duration, None
+                info = _mp4_info(path)
             else:
                 info = None
         except struct.error:  # a box or chunk cut short by the end of the file
@@ -234,40 +230,15 @@ def _parse_flac(audio):
     return frames, sample_rate
 
 
-def _mp4_boxes(audio, start, end):
-    """Yields (type, payload offset, box end) of the MP4 boxes in a range."""
-    position = start
-    while position + 8 <= end:
-        audio.seek(position)
-        box_size, box_type = struct.unpack(">I4s", audio.read(8))
-        header = 8
-        if box_size == 1:
-            box_size = struct.unpack(">Q", audio.read(8))[0]
-            header = 16
-        elif box_size == 0:
-            box_size = end - position
-        if box_size < header:
-            return
-        yield box_type, position + header, min(position + box_size, end)
-        position += box_size
+def _mp4_info(path):
+    """``(frames, sample rate)`` of an MP4 file's audio stream, through PyAV."""
+    from dmha_modules.io import mp4_audio  # PyAV only for the corpora that need it
 
-
-def _parse_mp4_duration(audio, size):
-    """Returns the duration in seconds from an MP4 ``moov/mvhd`` box, else None."""
-    for box_type, payload, box_end in _mp4_boxes(audio, 0, size):
-        if box_type != b"moov":
-            continue
-        for child_type, child_payload, _ in _mp4_boxes(audio, payload, box_end):
-            if child_type != b"mvhd":
-                continue
-            audio.seek(child_payload)
-            version = audio.read(4)[:1]
-            if version == b"\x01":
-                timescale, duration = struct.unpack(">16xIQ", audio.read(28))
-            else:
-                timescale, duration = struct.unpack(">8xII", audio.read(16))
-            return duration / timescale if timescale else None
-    return None
+    try:
+        frames, sample_rate, _ = mp4_audio.mp4_header(path)
+    except mp4_audio.Mp4Error as error:
+        raise ValueError(str(error)) from None
+    return frames, sample_rate
 
 
 def find_audio_header(path, suffixes):

@@ -9,11 +9,10 @@ for age models, ``age_years`` and ``gender_label``.
 import functools
 
 import numpy as np
-import soundfile
 import speechbrain as sb
 import torch
 
-from dmha_modules.io.audio import read_audio
+from dmha_modules.io.audio import audio_info, read_audio
 from dmha_modules.io.feature_files import features_path
 from dmha_modules.recipe.build import label_key, read_manifest
 
@@ -69,7 +68,7 @@ def _audio_pipeline(crop, rate, random_crop):
     @sb.utils.data_pipeline.provides("sig")
     def audio_pipeline(wav, duration):
         if random_crop and duration > crop:
-            info = soundfile.info(wav)
+            info = audio_info(wav)
             length = int(crop * info.samplerate)
             start = int(torch.randint(0, info.frames - length + 1, ()).item())
             return read_audio(wav, rate, start, start + length)[0]

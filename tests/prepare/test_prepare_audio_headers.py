@@ -6,6 +6,7 @@ import struct
 import numpy
 import pytest
 import soundfile
+from tests.audio_helpers import write_m4a
 from tests.prepare.prepare_helpers import mp4_bytes, write_audio
 
 from dmha_modules.io import audio_headers
@@ -63,12 +64,12 @@ def test_read_audio_header_leaves_truncated_wav_to_libsndfile(tmp_path):
     assert info.frames == 500
 
 
-@pytest.mark.parametrize("version", [0, 1])
-@pytest.mark.parametrize("moov_last", [True, False])
-def test_read_audio_header_reads_mp4_movie_header(tmp_path, version, moov_last):
-    path = tmp_path / "a.m4a"
-    path.write_bytes(mp4_bytes(2500, 1000, version, moov_last))
-    assert audio_headers.read_audio_header(str(path)) == (2.5, None)
+@pytest.mark.parametrize("rate", [16000, 44100])
+@pytest.mark.parametrize("faststart", [True, False])
+def test_read_audio_header_reads_mp4_audio_track(tmp_path, rate, faststart):
+    path = write_m4a(tmp_path / "a.m4a", numpy.zeros(int(2.5 * rate), numpy.float32), rate,
+                     faststart=faststart)
+    assert audio_headers.read_audio_header(str(path)) == (2.5, rate)
 
 
 @pytest.mark.parametrize(
@@ -77,8 +78,9 @@ def test_read_audio_header_reads_mp4_movie_header(tmp_path, version, moov_last):
         (b"", "empty (0 bytes)"),
         (b"this is not audio at all" * 10, "unreadable or corrupt"),
         (b"RIFF\x24\x00\x00\x00WAVEfmt ", "unreadable or corrupt"),
-        (b"\x00\x00\x00\x10ftypM4A \x00\x00\x00\x00", "no MP4 movie header"),
-        (mp4_bytes(2500)[:-95], "corrupt header (truncated)"),
+        (b"\x00\x00\x00\x10ftypM4A \x00\x00\x00\x00", "not a readable MP4 audio file"),
+        (mp4_bytes(2500), "no audio stream in this MP4 file"),  # a movie header, no track
+        (mp4_bytes(2500)[:-95], "no audio stream in this MP4 file"),
     ],
 )
 def test_read_audio_header_rejects_bad_files(tmp_path, content, words):

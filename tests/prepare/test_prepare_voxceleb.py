@@ -1,12 +1,13 @@
 """Tests of ``prepare_voxceleb``: VoxCeleb trees and official trial lists."""
 
+import numpy
 import pytest
+from tests.audio_helpers import write_m4a
 from tests.prepare.prepare_helpers import (
     append,
     assert_nothing_written,
     assert_reports,
     duration_text,
-    mp4_bytes,
     read_csv,
     write_audio,
     write_text,
@@ -29,7 +30,7 @@ def voxceleb(tmp_path):
         speaker = f"id{index:05d}"
         rel = f"vox2_dev/dev/aac/{speaker}/vid{index}/00001.m4a"
         (data / rel).parent.mkdir(parents=True)
-        (data / rel).write_bytes(mp4_bytes(1000 + index * 100, 1000))
+        write_m4a(data / rel, numpy.zeros(1600 * (10 + index), numpy.float32), 16000)
         durations[rel] = 1 + index * 0.1
     write_text(data / "vox2_dev/dev/aac/id00000/vid0/notes.txt", "not audio")
     write_text(
@@ -127,5 +128,5 @@ def test_voxceleb_bad_audio_names_the_file(voxceleb, tmp_path):
     bad.write_bytes(b"\x00\x00\x00\x10ftypM4A \x00\x00\x00\x00")
     with pytest.raises(BadInputError) as error:
         prepare.prepare_voxceleb(str(data), str(tmp_path / "prep"), jobs=1)
-    assert_reports(error.value, data, None, str(bad), "no MP4 movie header")
+    assert_reports(error.value, data, None, str(bad), "not a readable MP4 audio file")
     assert_nothing_written(tmp_path / "prep")
