@@ -12,6 +12,7 @@ for lag 0, SNR > 20 dB, and exactly the encoded number of samples.
 
 import os
 
+import av
 import numpy as np
 import pytest
 import soundfile
@@ -22,6 +23,8 @@ from tests.test_inference import voice
 
 from dmha_modules.io.audio import AudioError, audio_info, read_audio, read_checked_audio
 from dmha_modules.io.audio_headers import read_audio_header
+from dmha_modules.io.mp4_audio import mp4_header
+from dmha_modules.io.mp4_boxes import mp4_audio_track
 
 MIN_SNR_DB = 20.0
 
@@ -134,3 +137,40 @@ def test_bad_m4a_headers_are_refused_by_data_preparation(tmp_path):
             read_audio_header(path)
         assert "\n" not in str(raised.value)
     assert os.path.getsize(tmp_path / "bad" / "empty.m4a") == 0
+
+
+@pytest.mark.parametrize(
+    "samples,rate,options",
+    [(32007, 16000, {}), (33023, 16000, {"faststart": True}), (44177, 44100, {}),
+     (24005, 8000, {"video": True}), (48000, 48000, {"channels": 2})],
+)
+def test_mp4_boxes_give_what_pyav_and_the_decoder_give(tmp_path, samples, rate, options):
+    channels = options.pop("channels", 1)
+    audio = voice(samples / rate + 0.01, rate, 140)[:samples]
+    path = write_m4a(tmp_path / "a.m4a", np.stack([audio] * channels, axis=-1).squeeze(),
+                     rate, **options)
+    with open(path, "rb") as file:
+        from_boxes = mp4_audio_track(file, os.path.getsize(path))
+    assert from_boxes == mp4_header(path)  # FFmpeg's demuxer, through PyAV
+    assert from_boxes[1:] == (rate, channels)
+    decoded, _ = read_audio(path)
+    assert len(decoded) == from_boxes[0]
+    # The edit list is in the movie's timescale, 1/1000 s in FFmpeg's files.
+    assert abs(from_boxes[0] - samples) <= rate / 1000
+    assert read_audio_header(path) == pytest.approx((from_boxes[0] / rate, rate))
+
+
+def test_lossless_alac_m4a_decodes_exactly(tmp_path):
+    pcm = np.round(voice(1.0, 16000, 140) * 32767).astype(np.int16)
+    path = tmp_path / "alac.m4a"
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("alac", rate=16000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(pcm[None], "s16p", "mono")
+        frame.sample_rate, frame.pts = 16000, 0
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    with open(path, "rb") as file:
+        assert mp4_audio_track(file, os.path.getsize(path)) is None  # left to PyAV
+    wav, rate = read_checked_audio(path)
+    np.testing.assert_array_equal(wav.numpy(), pcm / np.float32(32768))
+    assert read_audio_header(path) == (1.0, 16000)

@@ -30,6 +30,8 @@ from concurrent.futures import ProcessPoolExecutor
 import soundfile
 from tqdm import tqdm
 
+from dmha_modules.io.mp4_boxes import mp4_audio_track
+
 # What an audio file's name may end with: files found in folders, and the
 # extensions that extension-less listing paths are tried with and ids drop.
 AUDIO_EXTENSIONS = (
@@ -122,9 +124,10 @@ def read_audio_header(path):
     times faster than libsndfile on short files; any header these parsers do
     not fully understand is handed to ``soundfile.info``, so they never
     decide on a file libsndfile would read differently. MP4 (AAC ``.m4a``),
-    which libsndfile cannot read, is opened with PyAV, which reads its
-    metadata without decoding (:func:`dmha_modules.io.mp4_audio.mp4_header`:
-    the duration after the edit list, as the decoder returns it).
+    which libsndfile cannot read, has its audio track's boxes read
+    (:func:`dmha_modules.io.mp4_boxes.mp4_audio_track`: the duration after
+    the edit list, as the decoder returns it); files those do not settle are
+    opened with PyAV, which reads the metadata without decoding.
 
     Arguments
     ---------
@@ -164,7 +167,8 @@ def read_audio_header(path):
             elif magic[:4] == b"fLaC":
                 info = _parse_flac(audio)
             elif magic[4:8] == b"ftyp":
-                info = _mp4_info(path)
+                info = mp4_audio_track(audio, size)
+                info = _mp4_info(path) if info is None else info[:2]
             else:
                 info = None
         except struct.error:  # a box or chunk cut short by the end of the file

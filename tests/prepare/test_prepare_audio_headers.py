@@ -80,7 +80,7 @@ def test_read_audio_header_reads_mp4_audio_track(tmp_path, rate, faststart):
         (b"RIFF\x24\x00\x00\x00WAVEfmt ", "unreadable or corrupt"),
         (b"\x00\x00\x00\x10ftypM4A \x00\x00\x00\x00", "not a readable MP4 audio file"),
         (mp4_bytes(2500), "no audio stream in this MP4 file"),  # a movie header, no track
-        (mp4_bytes(2500)[:-95], "no audio stream in this MP4 file"),
+        (mp4_bytes(2500)[:-95], "corrupt header (truncated)"),
     ],
 )
 def test_read_audio_header_rejects_bad_files(tmp_path, content, words):
