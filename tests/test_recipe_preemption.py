@@ -56,8 +56,11 @@ RECORDING_WRAPPER = '''
 import os, sys, time
 sys.path.insert(0, {recipes!r})
 import train
-from dmha_modules.recipe import preemption
 from dmha_modules.recipe.brains import DMHABrain
+try:
+    from dmha_modules.recipe.preemption import STOP
+except ImportError:  # a recipe without it: SIGTERM ends the process while it waits
+    STOP = None
 
 record, hold = {record!r}, {hold}
 start = DMHABrain.on_fit_batch_start
@@ -72,7 +75,7 @@ def recording_start(self, batch, should_step):
     if schedule.step == hold and not os.path.exists(record + ".held"):
         open(record + ".held", "w").close()
         deadline = time.time() + 120
-        while not preemption.STOP.requested and time.time() < deadline:
+        while not getattr(STOP, "requested", False) and time.time() < deadline:
             time.sleep(0.01)
 
 DMHABrain.on_fit_batch_start = recording_start
