@@ -19,6 +19,7 @@ import shutil
 import torch
 import yaml
 
+from dmha_modules.age.calibration_file import AGE_CALIBRATION_FILE, load_age_calibration
 from dmha_modules.io.atomic import atomic_paths
 from dmha_modules.io.audio import AudioError
 from dmha_modules.nn.embedding import embed_waveforms, load_utterance
@@ -31,9 +32,6 @@ from dmha_modules.recipe.build import (
 )
 from dmha_modules.folders.replace import MODEL_CHECKPOINTS, Replacement
 from dmha_modules.folders.safety import check_finite, check_hyperparams, read_checkpoint
-
-# An age experiment's calibration on its validation speakers, in its output folder.
-AGE_CALIBRATION_FILE = "age_calibration.json"
 
 
 def yaml_new(obj_path, kwargs, indent="    "):
@@ -404,12 +402,14 @@ def saved_test_metrics(hparams):
 
 
 def saved_calibration(hparams):
-    """The experiment's ``age_calibration.json`` (what ``recipes/train.py`` calibrated), or {}."""
+    """The experiment's ``age_calibration.json`` (what ``recipes/train.py`` calibrated), or {}.
+
+    Checked strictly (:func:`dmha_modules.age.calibration_file.load_age_calibration`).
+    """
     path = os.path.join(hparams["output_folder"], AGE_CALIBRATION_FILE)
     if not os.path.exists(path):
         return {}
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return load_age_calibration(path)  # checked: a ValueError names the file
 
 
 def check_sample(hparams):

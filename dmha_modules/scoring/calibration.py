@@ -198,17 +198,54 @@ KEYS = {"format", "score", *(field.name for field in dataclasses.fields(Calibrat
 MAX_MAGNITUDE = 1e6
 
 
-def _finite(value, name, low=-MAX_MAGNITUDE, high=MAX_MAGNITUDE):
-    """``value`` as a float when it is a number in ``[low, high]`` (a boolean is not one)."""
+def read_json(path):
+    """The content of the JSON file ``path``; a ValueError naming it when it is not JSON text.
+
+    Example
+    -------
+    >>> path = getfixture("tmp_path") / "c.json"
+    >>> _ = path.write_bytes(b"\\x89PNG")
+    >>> read_json(str(path))
+    Traceback (most recent call last):
+    ...
+    ValueError: .../c.json: not readable JSON (not UTF-8 text: ...)
+    """
+    with open(path, encoding="utf-8") as file:
+        try:
+            return json.load(file)
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path}: not readable JSON (not UTF-8 text: {error})") from None
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not readable JSON ({error})") from None
+
+
+def checked_number(value, name, low=-MAX_MAGNITUDE, high=MAX_MAGNITUDE):
+    """``value`` as a float when it is a number in ``[low, high]`` (a boolean is not one).
+
+    Example
+    -------
+    >>> checked_number(True, "threshold")
+    Traceback (most recent call last):
+    ...
+    ValueError: threshold must be a finite number in [-1e+06, 1e+06], got True
+    """
     if (isinstance(value, bool) or not isinstance(value, (int, float))
             or not math.isfinite(value) or not low <= value <= high):
         raise ValueError(f"{name} must be a finite number in [{low:g}, {high:g}], got {value!r}")
     return float(value)
 
 
-def _rate(value, name):
-    """``value`` as a float when it is a number strictly between 0 and 1."""
-    if _finite(value, name, 0.0, 1.0) in (0.0, 1.0):
+def checked_rate(value, name):
+    """``value`` as a float when it is a number strictly between 0 and 1.
+
+    Example
+    -------
+    >>> checked_rate(0.8, "coverage"), checked_rate(1, "prior")
+    Traceback (most recent call last):
+    ...
+    ValueError: prior must be in (0, 1), got 1
+    """
+    if checked_number(value, name, 0.0, 1.0) in (0.0, 1.0):
         raise ValueError(f"{name} must be in (0, 1), got {value!r}")
     return float(value)
 
@@ -220,7 +257,7 @@ def _numbers(values, name, size=None):
     if not isinstance(values, list) or not values or (size and len(values) != size):
         raise ValueError(f"{name} must be a list of {size or 'one or more'} numbers, "
                          f"got {values!r}")
-    return [_finite(value, f"{name}[{i}]") for i, value in enumerate(values)]
+    return [checked_number(value, f"{name}[{i}]") for i, value in enumerate(values)]
 
 
 def _parsed(content):
@@ -259,11 +296,11 @@ def _parsed(content):
     if stats is not None and stats[1] <= 0:
         raise ValueError(f"score_stats must be [mean, sd] with sd > 0, got {stats}")
     return Calibration(
-        weights={name: _finite(weights[name], f"weights.{name}") for name in terms},
-        offset=_finite(content["offset"], "offset"), quality=quality,
-        prior=_rate(content.get("prior", 0.5), "prior"),
-        threshold=_finite(content["threshold"], "threshold"),
-        operating_point=point and {key: _rate(value, f"operating_point.{key}")
+        weights={name: checked_number(weights[name], f"weights.{name}") for name in terms},
+        offset=checked_number(content["offset"], "offset"), quality=quality,
+        prior=checked_rate(content.get("prior", 0.5), "prior"),
+        threshold=checked_number(content["threshold"], "threshold"),
+        operating_point=point and {key: checked_rate(value, f"operating_point.{key}")
                                    for key, value in point.items()},
         development=development, centre=_numbers(content.get("centre"), "centre"),
         score_stats=stats, embedding_model_sha256=fingerprint,
@@ -378,13 +415,6 @@ def load_calibration(folder):
     path = os.path.join(folder, SCORE_CALIBRATION_FILE)
     if not os.path.exists(path):
         return None
-    with open(path, encoding="utf-8") as file:
-        try:
-            content = json.load(file)
-        except UnicodeDecodeError as error:
-            raise ValueError(f"{path}: not readable JSON (not UTF-8 text: {error})") from None
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not readable JSON ({error})") from None
-    calibration = _checked(content, path)
+    calibration = _checked(read_json(path), path)
     _check_model(calibration, folder, path)
     return calibration
