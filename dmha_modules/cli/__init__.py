@@ -18,8 +18,14 @@ options with :mod:`.options` (the shared ones declared once there), and
 0 on success, 1 when the input has problems (all listed on stderr; batch
 verbs process the good files) or a download fails, 2 for bad usage.
 
+Importing this package imports nothing heavy: the verbs (torch, torchaudio,
+SpeechBrain: seconds) are imported by :func:`build_parser`, inside ``main``,
+so Ctrl-C while they load is the one line and exit status 130 of
+:func:`dmha_modules.cli.errors.interrupted`, not a traceback.
+
 Example
 -------
+>>> from dmha_modules.cli.options import function_arguments
 >>> args = build_parser().parse_args(
 ...     ["prepare", "kaldi", "--data_folder", "so762", "--save-folder", "out"]
 ... )
@@ -28,48 +34,46 @@ Example
 """
 
 import argparse
+import importlib
 import logging
 
-from dmha_modules.environment import require_compiled_dependencies
-
-# Before the verbs import torchaudio (through speechbrain): a torchaudio built
-# for another torch would stop every verb with a linker traceback.
-require_compiled_dependencies()
-
-from dmha_modules.allocator import keep_freed_memory
-from dmha_modules.cli import (
-    age,
-    calibrate,
-    embed,
-    export,
-    features,
-    import_original,
-    prepare,
-    score,
-    verify,
-)
-from dmha_modules.cli.errors import exit_status
-from dmha_modules.cli.options import function_arguments
+from dmha_modules.cli.errors import interrupted
 
 __all__ = ["build_parser", "function_arguments", "main"]
 
-VERBS = (prepare, features, embed, age, verify, score, calibrate, export, import_original)
+# The verb modules of dmha_modules.cli, in the order --help lists them.
+VERBS = ("prepare", "features", "embed", "age", "verify", "score", "calibrate", "export",
+         "import_original")
+
+
+def __getattr__(name):
+    """``function_arguments`` of :mod:`.options`, imported when first used (it imports torch)."""
+    if name == "function_arguments":
+        from dmha_modules.cli.options import function_arguments
+
+        return function_arguments
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_parser():
-    """Returns the ``dmha`` argument parser.
+    """Returns the ``dmha`` argument parser, importing the verbs (torch, SpeechBrain).
 
     Returns
     -------
     argparse.ArgumentParser
     """
+    from dmha_modules.environment import require_compiled_dependencies
+
+    # Before the verbs import torchaudio (through speechbrain): a torchaudio built
+    # for another torch would stop every verb with a linker traceback.
+    require_compiled_dependencies()
     parser = argparse.ArgumentParser(
         prog="dmha",
         description="Double Multi-Head Attention speaker and age models: data and model tools.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     for verb in VERBS:
-        verb.register(commands)
+        importlib.import_module(f"{__name__}.{verb}").register(commands)
     return parser
 
 
@@ -86,7 +90,13 @@ def main(argv=None):
     int
         Exit status.
     """
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    keep_freed_memory()  # large models' activations reuse freed memory (see allocator)
-    return exit_status(args.run, args)
+    try:  # Ctrl-C from the first import on: one line, no traceback
+        args = build_parser().parse_args(argv)
+        from dmha_modules.allocator import keep_freed_memory
+        from dmha_modules.cli.errors import exit_status
+
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        keep_freed_memory()  # large models' activations reuse freed memory (see allocator)
+        return exit_status(args.run, args)
+    except KeyboardInterrupt:
+        return interrupted()

@@ -32,10 +32,8 @@ import pickle
 import signal
 import sys
 
-from dmha_modules.inference import AudioError
-from dmha_modules.folders.safety import ModelFolderError
-from dmha_modules.original import OriginalFormatError
-from dmha_modules.prepare import BadInputError, DownloadError
+# Nothing heavy is imported here: ``dmha``'s start-up (dmha_modules.cli) reports Ctrl-C with
+# ``interrupted`` while torch and SpeechBrain load; ``input_problems`` imports what it names.
 
 
 class InputError(Exception):
@@ -59,15 +57,42 @@ class InputError(Exception):
         super().__init__("\n".join(problems))
 
 
-# Input problems of every kind the verbs meet; any other ValueError is an option value.
-INPUT_PROBLEMS = (
-    InputError, BadInputError, DownloadError, AudioError, OriginalFormatError, ModelFolderError,
-    OSError, pickle.UnpicklingError,
-)
+def input_problems():
+    """The input problems of every kind the verbs meet; any other ValueError is an option value.
+
+    Returns
+    -------
+    tuple of type
+    """
+    from dmha_modules.folders.safety import ModelFolderError
+    from dmha_modules.io.audio import AudioError
+    from dmha_modules.original import OriginalFormatError
+    from dmha_modules.prepare import BadInputError, DownloadError
+
+    return (InputError, BadInputError, DownloadError, AudioError, OriginalFormatError,
+            ModelFolderError, OSError, pickle.UnpicklingError)
 
 
 # The shell's status of a process that SIGINT (Ctrl-C) ended.
 INTERRUPTED = 128 + signal.SIGINT
+
+
+def interrupted():
+    """Says on one line that ``dmha`` was interrupted (Ctrl-C); returns ``INTERRUPTED``.
+
+    Outputs are written whole or not at all, so none is left half-written.
+
+    Example
+    -------
+    >>> import contextlib, io
+    >>> with contextlib.redirect_stderr(io.StringIO()) as stderr:
+    ...     status = interrupted()
+    >>> status, stderr.getvalue().count("\\n")
+    (130, 1)
+    """
+    print("dmha: interrupted; no output is left half-written (earlier ones are kept as "
+          "they were)", file=sys.stderr)
+    return INTERRUPTED
 
 
 def exit_status(run, args):
@@ -86,7 +111,7 @@ def exit_status(run, args):
     """
     try:
         return run(args)
-    except INPUT_PROBLEMS as error:
+    except input_problems() as error:
         for problem in str(error).splitlines():  # one problem a line, each prefixed
             print(f"dmha: {problem}", file=sys.stderr)
         return 1
@@ -94,9 +119,7 @@ def exit_status(run, args):
         print(f"dmha: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("dmha: interrupted; no output is left half-written (earlier ones are kept as "
-              "they were)", file=sys.stderr)
-        return INTERRUPTED
+        return interrupted()
 
 
 def report_skipped(error):

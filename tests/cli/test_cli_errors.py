@@ -1,7 +1,13 @@
-"""One exit-status policy for every verb: 0 done, 1 input problems (all listed), 2 bad usage."""
+"""One exit-status policy for every verb: 0 done, 1 input problems (all listed), 2 bad usage,
+130 interrupted (Ctrl-C), from start-up on."""
+
+import signal
+import subprocess
+import sys
 
 import pytest
 from tests.cli.cli_helpers import run_cli
+from tests.recipe_helpers import REPO
 
 
 @pytest.mark.parametrize(
@@ -52,3 +58,38 @@ def test_every_bad_trial_line_is_listed(models, tmp_path, capsys):
         f"dmha: {trials}:2", f"dmha: {trials}:4"
     ]
     assert not (tmp_path / "scores.txt").exists()
+
+
+# dmha started as its console script starts it (``from dmha_modules.cli import main``), its
+# first import of the module named by the first argument held until the test sends SIGINT.
+START_HELD = """
+import importlib.abc, sys, time
+held = sys.argv.pop(1)
+class HoldImport(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == held:
+            print("importing", name, flush=True)
+            time.sleep(120)
+        return None
+sys.meta_path.insert(0, HoldImport())
+from dmha_modules.cli import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("held", ["torch", "speechbrain"])
+def test_ctrl_c_while_dmha_starts_is_one_line_and_exit_130(held):
+    process = subprocess.Popen(  # in the checkout, so that its dmha_modules runs
+        [sys.executable, "-c", START_HELD, held, "embed", "--help"], cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline() == f"importing {held}\n"  # still starting
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+    assert [line for line in stderr.splitlines() if line.startswith("dmha")] == [
+        "dmha: interrupted; no output is left half-written (earlier ones are kept as they were)"]
+    assert stdout == ""  # it never got to --help
