@@ -48,6 +48,7 @@ from dmha_modules.nn.embedding import (  # public here too: the classes' buildin
     load_utterance,
 )
 from dmha_modules.nn.models import with_exact_padding
+from dmha_modules.nn.waveform import PassThrough, waveform_model
 from dmha_modules.scoring import decisions
 
 
@@ -98,7 +99,7 @@ def group_posteriors(scores, ordinal=False, scale=1.0):
     return posteriors / posteriors.sum(dim=1, keepdim=True).clamp(min=1e-8)
 
 
-class NoEmbeddingNorm(torch.nn.Module):
+class NoEmbeddingNorm(PassThrough):
     """The identity, as ``mean_var_norm_emb``.
 
     SpeechBrain's ``SpeakerRecognition`` requires that module; dmha models are
@@ -109,10 +110,6 @@ class NoEmbeddingNorm(torch.nn.Module):
     >>> NoEmbeddingNorm()(torch.ones(2, 1, 3), torch.ones(2)).shape
     torch.Size([2, 1, 3])
     """
-
-    def forward(self, embeddings, lengths=None):
-        """Returns ``embeddings`` unchanged."""
-        return embeddings
 
 
 class DMHAClassifier(EncoderClassifier):
@@ -147,11 +144,13 @@ class DMHAClassifier(EncoderClassifier):
         except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
             problems = checkpoint_problems(source, error)
             raise ModelFolderError(problems) from error
-        for name, module in loaded.mods.items():  # the pretrainer loads <name>.ckpt into each
+        for name in loaded.mods:  # the pretrainer loads <name>.ckpt into the YAML's <name>
             checkpoint = os.path.join(source, f"{name}.ckpt")
             if os.path.exists(checkpoint):
+                module = getattr(loaded.hparams, name, loaded.mods[name])
                 check_finite(module.state_dict(), checkpoint)
-        with_exact_padding(loaded.mods.embedding_model)  # folders naming SpeechBrain's ECAPA
+        # Folders naming SpeechBrain's ECAPA, in either layout (dmha_modules.nn.waveform).
+        with_exact_padding(waveform_model(loaded.mods).embedding_model)
         return loaded
 
     def encode_batch(self, wavs, wav_lens=None, normalize=False):

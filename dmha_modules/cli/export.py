@@ -50,12 +50,13 @@ def _export_experiment(args):
 
 def _export_onnx(folder, trust_model):
     from dmha_modules.folders.onnx_export import export_onnx  # the ONNX packages: an optional extra
+    from dmha_modules.nn.waveform import waveform_model
 
     path = os.path.join(folder, ONNX_FILE)
     check_writable(path)
     with load_model(folder, "cpu", trust_model=trust_model) as model:
-        export_onnx(model.mods.compute_features, model.mods.mean_var_norm,
-                    model.mods.embedding_model, path)
+        inner = waveform_model(model.mods)  # the feature, norm and embedding modules
+        export_onnx(inner.compute_features, inner.mean_var_norm, inner.embedding_model, path)
     print(f"{path}: written and checked against PyTorch")
 
 

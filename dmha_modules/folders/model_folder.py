@@ -30,6 +30,7 @@ from dmha_modules.recipe.build import (
     make_label_encoder,
     read_manifest,
 )
+from dmha_modules.folders.cards import experiment_card, model_card
 from dmha_modules.folders.replace import MODEL_CHECKPOINTS, Replacement
 from dmha_modules.folders.safety import check_finite, check_hyperparams, read_checkpoint
 
@@ -42,6 +43,15 @@ def yaml_new(obj_path, kwargs, indent="    "):
 
 def model_hyperparams(modules, embedding, task, age_decoding=None, verification_threshold=None):
     """``hyperparams.yaml`` text of a model folder.
+
+    The features, normalisation and embedding model are built under their
+    own keys (``compute_features``, ``mean_var_norm``, ``embedding_model``,
+    whose checkpoint the pretrainer loads), inside a
+    :class:`dmha_modules.nn.waveform.WaveformEmbedding`; SpeechBrain's
+    ``modules`` are that (as ``embedding_model``) and pass-throughs, so
+    ``EncoderClassifier.encode_batch(wavs, wav_lens)`` with the waveforms'
+    relative lengths gives each utterance of a padded batch its embedding
+    alone. Folders written before name the three modules themselves.
 
     Arguments
     ---------
@@ -67,7 +77,49 @@ def model_hyperparams(modules, embedding, task, age_decoding=None, verification_
     """
     features = modules["compute_features"]
     heads = [name for name in ("age_head", "gender_head") if name in modules]
-    loadables = ["embedding_model", "classifier", *heads, "label_encoder"]
+    loadables = {name: name for name in ("embedding_model", "classifier", *heads,
+                                         "label_encoder")}
+    mods = {"compute_features": "pass_through", "mean_var_norm": "pass_through",
+            "embedding_model": "waveform_embedding_model",
+            **{name: name for name in ("mean_var_norm_emb", "classifier", *heads)}}
+    return f"""# {task} model; load it with
+# speechbrain.inference.EncoderClassifier.from_hparams(source=<this folder>)
+# or dmha_modules.inference.DMHAClassifier / AgeClassifier.
+task: {task}
+sample_rate: {features.sample_rate}
+verification_threshold: {"null" if verification_threshold is None else verification_threshold}
+compute_features: {yaml_new("dmha_modules.nn.features.LogMelFeatures", {
+        "sample_rate": features.sample_rate,
+        "n_mels": int(features.mel_filters.shape[1]),
+        "hop_length_ms": 1000 * features.hop_length / features.sample_rate,
+        "framing": features.framing})}
+mean_var_norm: {yaml_new("dmha_modules.nn.features.UtteranceNorm", {
+        "std_norm": modules["mean_var_norm"].std_norm})}
+embedding_model: {yaml_new(*embedding)}
+# SpeechBrain's encode_batch(wavs, wav_lens) runs the modules below with the waveforms'
+# relative lengths: this one takes the waveforms and counts each utterance's frames,
+# so padded batches are exact.
+waveform_embedding_model: !new:dmha_modules.nn.waveform.WaveformEmbedding
+    compute_features: !ref <compute_features>
+    mean_var_norm: !ref <mean_var_norm>
+    embedding_model: !ref <embedding_model>
+pass_through: !new:dmha_modules.nn.waveform.PassThrough
+mean_var_norm_emb: !new:dmha_modules.inference.NoEmbeddingNorm
+classifier: {classifier_yaml(modules["classifier"])}
+{_heads_yaml(modules, age_decoding)}label_encoder: !new:speechbrain.dataio.encoder.CategoricalEncoder
+modules:
+{_refs(mods, "    ")}pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
+    loadables:
+{_refs(loadables, "        ")}"""
+
+
+def _refs(names, indent):
+    """YAML lines ``name: !ref <key>`` of the mapping ``names`` (name -> key)."""
+    return "".join(f"{indent}{name}: !ref <{key}>\n" for name, key in names.items())
+
+
+def _heads_yaml(modules, age_decoding):
+    """The age and gender heads' YAML and the age decoding settings (see ``model_hyperparams``)."""
     extra = ""
     if "age_head" in modules:
         extra += "age_head: " + yaml_new(
@@ -90,29 +142,7 @@ def model_hyperparams(modules, embedding, task, age_decoding=None, verification_
             "# (null: too few validation speakers for that coverage).\n"
             + yaml.safe_dump(age_decoding, default_flow_style=False, sort_keys=False)
         )
-    mods = ["compute_features", "mean_var_norm", "embedding_model", "mean_var_norm_emb",
-            "classifier", *heads]
-    return f"""# {task} model; load it with
-# speechbrain.inference.EncoderClassifier.from_hparams(source=<this folder>)
-# or dmha_modules.inference.DMHAClassifier / AgeClassifier (exact padded batches).
-task: {task}
-sample_rate: {features.sample_rate}
-verification_threshold: {"null" if verification_threshold is None else verification_threshold}
-compute_features: {yaml_new("dmha_modules.nn.features.LogMelFeatures", {
-        "sample_rate": features.sample_rate,
-        "n_mels": int(features.mel_filters.shape[1]),
-        "hop_length_ms": 1000 * features.hop_length / features.sample_rate,
-        "framing": features.framing})}
-mean_var_norm: {yaml_new("dmha_modules.nn.features.UtteranceNorm", {
-        "std_norm": modules["mean_var_norm"].std_norm})}
-embedding_model: {yaml_new(*embedding)}
-mean_var_norm_emb: !new:dmha_modules.inference.NoEmbeddingNorm
-classifier: {classifier_yaml(modules["classifier"])}
-{extra}label_encoder: !new:speechbrain.dataio.encoder.CategoricalEncoder
-modules:
-{"".join(f"    {name}: !ref <{name}>{chr(10)}" for name in mods)}pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
-    loadables:
-{"".join(f"        {name}: !ref <{name}>{chr(10)}" for name in loadables)}"""
+    return extra
 
 
 def classifier_yaml(classifier):
@@ -123,30 +153,6 @@ def classifier_yaml(classifier):
         "hidden_size": classifier.pre_layer.out_features,
         "cosine": classifier.cosine,
     })
-
-
-def model_card(task, embedding, data, metrics, configuration):
-    """``model_card.md`` text: task, data, metrics and configuration."""
-    lines = [f"# dmha {task} model", "", "## Task", ""]
-    lines.append(
-        "Age group (and age in years) from speech."
-        if task == "age"
-        else "Speaker embeddings for verification (cosine scoring)."
-    )
-    lines += ["", "## Data", "", data, "", "## Metrics", ""]
-    if metrics:
-        lines += ["| metric | value |", "|---|---|"]
-        lines += [f"| {name} | {value:.4g} |" for name, value in metrics.items()
-                  if isinstance(value, (int, float))]
-    else:
-        lines.append("Not measured.")
-    lines += ["", "## Configuration", "", f"Embedding model: `{embedding[0]}`", "", "```yaml",
-              yaml.safe_dump(configuration, sort_keys=False).rstrip(), "```", "",
-              "## Use", "", "```python",
-              "from speechbrain.inference.classifiers import EncoderClassifier",
-              'model = EncoderClassifier.from_hparams(source="<this folder>")',
-              "```", ""]
-    return "\n".join(lines)
 
 
 def check_model_folder(folder, modules, sample):
@@ -172,7 +178,7 @@ def check_model_folder(folder, modules, sample):
         if not os.path.exists(path):
             continue
         saved = torch.load(path, weights_only=True)
-        rebuilt = loaded.mods[name].state_dict()
+        rebuilt = getattr(loaded.hparams, name).state_dict()  # what the pretrainer loads
         if saved.keys() != rebuilt.keys():
             raise RuntimeError(
                 f"{path} does not match the model its hyperparams.yaml builds: "
@@ -294,55 +300,6 @@ def _write_model_files(folder, modules, label_encoder, hyperparams, task, embedd
                            card.get("metrics"), card.get("configuration", embedding[1])))
     for source, name in extra_files:
         shutil.copy(source, os.path.join(folder, name))
-
-
-def experiment_card(hparams, label_encoder, metrics):
-    """``card`` of ``write_model_folder`` for a training experiment.
-
-    The data section says what the test figures were measured on: the test
-    manifest (the validation one for labels files, which have no test
-    split) and, for speakers, the trial list or random pairs of held-out
-    speakers (``test_metrics.json``'s ``test_manifest`` and ``trial_list``).
-
-    Example
-    -------
-    >>> from speechbrain.dataio.encoder import CategoricalEncoder
-    >>> encoder = CategoricalEncoder()
-    >>> encoder.update_from_iterable(["id1", "id2"])
-    >>> hparams = {"task": "speaker", "source": "voxceleb", "data_folder": "vox",
-    ...            "manifest_folder": "out/manifests"}
-    >>> metrics = {"eer": 0.1, "trials": 3, "test_manifest": "out/manifests/test.csv",
-    ...            "trial_list": ["vox/veri_test2.txt"]}
-    >>> print(experiment_card(hparams, encoder, metrics)["data"])
-    Trained by `recipes/train.py` (source `voxceleb`) on `vox` (manifests in `out/manifests`), 2 training speakers. Test metrics: the 3 trials of the trial list `vox/veri_test2.txt` (utterances of `out/manifests/test.csv`).
-    """
-    # The settings of the embedding model the experiment built, not of the others.
-    model_keys = {
-        "dmha": ("front_end", "channels", "batch_norm", "pooling", "heads", "mask_prob"),
-        "ecapa_dmha": ("ecapa_channels", "heads", "mask_prob", "with_std"),
-        "ecapa": ("ecapa_channels",),
-    }.get(hparams.get("embedding", "dmha"), ())
-    configuration = {
-        key: hparams[key]
-        for key in ("embedding", *model_keys, "emb_dim", "n_mels", "crop_seconds",
-                    "group_loss", "number_of_epochs", "lr", "seed")
-        if key in hparams
-    }
-    noun = "age groups" if hparams["task"] == "age" else "training speakers"
-    test = metrics.get("test_manifest")
-    where = f"`{test}`" if test else "the held-out test split"
-    if hparams["task"] == "age":
-        tested = f"the utterances of {where}"
-    elif metrics.get("trial_list"):
-        files = " + ".join(f"`{path}`" for path in metrics["trial_list"])
-        tested = (f"the {metrics.get('trials', 'given')} trials of the trial list {files} "
-                  f"(utterances of {where})")
-    else:
-        tested = f"{metrics.get('trials', 'the')} random pairs of the utterances of {where}"
-    data = (f"Trained by `recipes/train.py` (source `{hparams.get('source', 'kaldi')}`) on "
-            f"`{hparams['data_folder']}` (manifests in `{hparams['manifest_folder']}`), "
-            f"{len(label_encoder)} {noun}. Test metrics: {tested}.")
-    return {"data": data, "metrics": metrics, "configuration": configuration}
 
 
 def write_experiment_model(hparams, modules, label_encoder, age_decoding, metrics, folder=None):

@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from dmha_modules.io.audio import AudioError, audio_info, read_checked_audio, resample
+from dmha_modules.nn.waveform import waveform_model
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,8 @@ def embed_waveforms(modules, wavs, lengths=None):
     Arguments
     ---------
     modules : torch.nn.ModuleDict
-        ``compute_features``, ``mean_var_norm`` and ``embedding_model``.
+        ``compute_features``, ``mean_var_norm`` and ``embedding_model``, in
+        either model-folder layout (:func:`dmha_modules.nn.waveform.waveform_model`).
     wavs : torch.Tensor
         Waveforms ``(B, samples)`` at the model's rate.
     lengths : torch.Tensor, optional
@@ -97,12 +99,7 @@ def embed_waveforms(modules, wavs, lengths=None):
     >>> embed_waveforms(modules, torch.rand(2, 16000) - 0.5, torch.tensor([1.0, 0.5])).shape
     torch.Size([2, 1, 32])
     """
-    if lengths is None:
-        lengths = torch.ones(len(wavs), device=wavs.device)
-    frame_lens = modules.compute_features.frame_lengths(lengths, wavs.shape[1])
-    feats = modules.compute_features(wavs, lengths)
-    feats = modules.mean_var_norm(feats, frame_lens)
-    return modules.embedding_model(feats, frame_lens)
+    return waveform_model(modules)(wavs, lengths)
 
 
 def pad_batch(wavs):

@@ -9,6 +9,7 @@ written once per session.
 
 import contextlib
 import os
+import re
 import subprocess
 
 import numpy as np
@@ -44,6 +45,30 @@ def reference_wav(path, rate=16000):
     if file_rate != rate:
         wav = torchaudio.functional.resample(wav, file_rate, rate)
     return wav
+
+
+# SpeechBrain's modules in the model folders' hyperparams.yaml before the waveform embedding
+# model (dmha's main of 2026-12-08 and earlier): the YAML's modules of the same names.
+OLD_MODULES = "".join(f"    {name}: !ref <{name}>\n" for name in
+                      ("compute_features", "mean_var_norm", "embedding_model"))
+
+
+def without_waveform_model(text):
+    """A model folder's ``hyperparams.yaml`` ``text`` as written before the waveform model.
+
+    The ``waveform_embedding_model`` and ``pass_through`` entries (and their comment)
+    go, and SpeechBrain's ``modules`` name the features, normalisation and
+    embedding model themselves (``OLD_MODULES``), as in every earlier layout.
+    """
+    wrapper = re.compile(r"# SpeechBrain's encode_batch.*\n(#.*\n)*waveform_embedding_model: .*\n"
+                         r"(    .*\n)+pass_through: .*\n")
+    new_modules = ("    compute_features: !ref <pass_through>\n"
+                   "    mean_var_norm: !ref <pass_through>\n"
+                   "    embedding_model: !ref <waveform_embedding_model>\n")
+    assert wrapper.search(text) and new_modules in text  # the layout being rewritten
+    text = wrapper.sub("", text).replace(new_modules, OLD_MODULES)
+    assert "waveform" not in text and "pass_through" not in text
+    return text
 
 
 def run_cli(capsys, *args):

@@ -64,8 +64,9 @@ def test_ten_minutes_embedded_in_chunks_equal_one_pass(models, tmp_path, capsys,
     one_pass = EncoderClassifier.from_hparams(
         source=str(models["speaker"]), savedir=str(tmp_path / "one_pass")
     )
-    one_pass.mods.compute_features.chunk_frames = None
-    one_pass.mods.embedding_model.front_end.chunk_frames = None
+    # The folder's feature and embedding modules (inside SpeechBrain's embedding_model).
+    one_pass.hparams.compute_features.chunk_frames = None
+    one_pass.hparams.embedding_model.front_end.chunk_frames = None
     with torch.no_grad():
         theirs = one_pass.encode_batch(reference_wav(path)[None])[0, 0].numpy()
     assert calls["front_end"] == 1  # and the reference did not

@@ -17,7 +17,12 @@ import soundfile
 import torch
 from speechbrain.inference.classifiers import EncoderClassifier
 from speechbrain.utils.checkpoints import Checkpointer
-from tests.cli.cli_helpers import assert_embeddings_equal, reference_wav, run_cli
+from tests.cli.cli_helpers import (
+    assert_embeddings_equal,
+    reference_wav,
+    run_cli,
+    without_waveform_model,
+)
 from tests.test_inference import voice
 
 from dmha_modules.recipe.build import build_model, make_label_encoder
@@ -44,8 +49,13 @@ NEW_PATH = re.compile(r"dmha_modules\.(nn|age|scoring|io|folders|recipe)\.")
 
 
 def to_old_layout(path):
-    """Rewrites the module paths of the YAML at ``path`` to the old layout's; returns the text."""
+    """Rewrites the module paths of the YAML at ``path`` to the old layout's; returns the text.
+
+    A model folder's also loses its waveform embedding model, which came later.
+    """
     text = open(path, encoding="utf-8").read()
+    if "waveform_embedding_model" in text:
+        text = without_waveform_model(text)
     for new, old in NEW_TO_OLD.items():
         text = re.sub(re.escape(new) + r"\b", old, text)
     assert not NEW_PATH.search(text), NEW_PATH.search(text).group(0)

@@ -5,11 +5,16 @@ For every ``--embedding`` and the default speaker and age models, as
 exactness is a property of the computation), embeddings of padded batches are
 compared with those of each file alone, through ``dmha embed`` (length buckets
 against one file per batch) and through SpeechBrain's own
-``EncoderClassifier.encode_batch`` given relative frame lengths (it passes its
-lengths to the normalisation and the embedding model, which count frames; with
-waveform lengths it counts a few frames past each end). The references are
-files alone, where no padding exists.
+``EncoderClassifier.encode_batch`` given the waveforms' relative lengths, as
+every SpeechBrain user passes them. The references are files alone, where no
+padding exists.
+
+Model folders written before 2026-12-08 name the features, normalisation and
+embedding model as SpeechBrain's modules themselves (``old_layout`` below
+writes one); they load and compute what they computed.
 """
+
+import shutil
 
 import numpy as np
 import pytest
@@ -18,10 +23,18 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.inference.classifiers import EncoderClassifier
-from tests.cli.cli_helpers import AGE_GROUPS, GROUP_CENTRES, reference_wav, run_cli
+from tests.cli.cli_helpers import (
+    AGE_GROUPS,
+    GROUP_CENTRES,
+    OLD_MODULES,
+    reference_wav,
+    run_cli,
+    without_waveform_model,
+)
 from tests.recipe_helpers import REPO
 from tests.test_inference import voice
 
+from dmha_modules.inference import DMHAClassifier
 from dmha_modules.nn.heads import Classifier
 from dmha_modules.recipe.build import embedding_spec
 from dmha_modules.folders.model_folder import write_model_folder
@@ -122,9 +135,8 @@ def assert_informative(embeddings):
 def speechbrain_batches(classifier, wavs, batch_size):
     """SpeechBrain's ``encode_batch`` of zero-padded, longest-first batches ``(N, E)``.
 
-    Each batch gets relative frame lengths (``compute_features.frame_lengths``
-    of the waveforms'): SpeechBrain gives the same lengths to the
-    normalisation and the embedding model, which count frames.
+    Each batch gets the waveforms' relative lengths, as every SpeechBrain user
+    passes them (``samples / longest``).
     """
     order = sorted(range(len(wavs)), key=lambda i: -len(wavs[i]))
     embeddings = [None] * len(wavs)
@@ -135,12 +147,20 @@ def speechbrain_batches(classifier, wavs, batch_size):
         for row, index in enumerate(chosen):
             batch[row, :len(wavs[index])] = wavs[index]
         wav_lens = torch.tensor([len(wavs[i]) / longest for i in chosen])
-        frame_lens = classifier.mods.compute_features.frame_lengths(wav_lens, longest)
         with torch.no_grad():
-            encoded = classifier.encode_batch(batch, frame_lens)[:, 0]
+            encoded = classifier.encode_batch(batch, wav_lens)[:, 0]
         for row, index in enumerate(chosen):
             embeddings[index] = encoded[row]
     return torch.stack(embeddings)
+
+
+def padded(wavs):
+    """Zero-padded batch ``(N, longest)`` of ``wavs`` and their relative lengths ``(N,)``."""
+    longest = max(len(wav) for wav in wavs)
+    batch = torch.zeros(len(wavs), longest)
+    for row, wav in enumerate(wavs):
+        batch[row, :len(wav)] = wav
+    return batch, torch.tensor([len(wav) / longest for wav in wavs])
 
 
 def speechbrain_alone(classifier, wavs):
@@ -192,6 +212,45 @@ def test_dmha_embed_makes_folders_naming_speechbrains_ecapa_exact(tmp_path, caps
     alone = dmha_embed(capsys, folder, paths, "0.25", tmp_path)
     assert_informative(alone)
     assert worst_cosine(dmha_embed(capsys, folder, paths, "120", tmp_path), alone) >= WORST_COSINE
+
+
+# ------------------------------------------------------ folders of the old layout
+
+
+def old_layout(folder):
+    """Rewrites ``folder``'s ``hyperparams.yaml`` to the layout of the main of 2026-12-08."""
+    path = folder / "hyperparams.yaml"
+    path.write_text(without_waveform_model(path.read_text(encoding="utf-8")), encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_folders_of_the_old_layout_compute_what_they_computed(default_folder, tmp_path):
+    new = default_folder("speaker")
+    old = tmp_path / "old"
+    shutil.copytree(new, old)
+    old_layout(old)
+    assert OLD_MODULES in (old / "hyperparams.yaml").read_text(encoding="utf-8")
+    load = lambda cls, folder, name: cls.from_hparams(source=str(folder),  # noqa: E731
+                                                      savedir=str(tmp_path / name))
+    old_sb, new_sb = load(EncoderClassifier, old, "old_sb"), load(EncoderClassifier, new, "new_sb")
+    wavs = generated_voices()
+    alone = speechbrain_alone(new_sb, wavs)
+    assert_informative(alone)
+    torch.testing.assert_close(speechbrain_alone(old_sb, wavs), alone, rtol=0, atol=0)
+    batch, wav_lens = padded(wavs)
+    # SpeechBrain's encode_batch on the old layout: its own three steps, waveform lengths.
+    features, norm, model = (new_sb.hparams.compute_features, new_sb.hparams.mean_var_norm,
+                             new_sb.hparams.embedding_model)
+    with torch.no_grad():
+        as_before = model(norm(features(batch), wav_lens), wav_lens)
+        torch.testing.assert_close(old_sb.encode_batch(batch, wav_lens), as_before)
+        # ... exact given frame lengths, as the folder's documentation said,
+        frame_lens = features.frame_lengths(wav_lens, batch.shape[1])
+        torch.testing.assert_close(old_sb.encode_batch(batch, frame_lens)[:, 0], alone,
+                                   rtol=1e-4, atol=1e-4)
+        # ... and through DMHAClassifier (every dmha verb) with waveform lengths.
+        dmha = load(DMHAClassifier, old, "old_dmha").encode_batch(batch, wav_lens)[:, 0]
+    torch.testing.assert_close(dmha, alone, rtol=1e-4, atol=1e-4)
 
 
 # ---------------------------------------------------------------- real speech
