@@ -47,6 +47,7 @@ from speechbrain.dataio.encoder import CategoricalEncoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dmha_modules.io.audio import audio_info, read_audio  # noqa: E402
+from dmha_modules.nn.features import LogMelFeatures  # noqa: E402
 from dmha_modules.recipe.datasets import dataio_prep  # noqa: E402
 from tests.audio_helpers import write_m4a  # noqa: E402
 
@@ -89,7 +90,7 @@ def speech_pieces(data, count, seconds):
 
 
 def write_tree(folder, pieces, extension):
-    """The VoxCeleb-shaped tree of ``pieces`` and its train manifest; returns the manifest folder."""
+    """Writes the VoxCeleb-shaped tree of ``pieces`` and its manifests; returns their folder."""
     rows = []
     for index, (speaker, samples) in enumerate(pieces):
         rel = f"id{int(speaker[-4:]):05d}/vid{index // 4:04d}/{index % 4 + 1:05d}.{extension}"
@@ -144,6 +145,22 @@ def crops_per_second(dataset, workers, batch_size, batches, crop_seconds):
     return count / wall, batch_size * (batches + 1) / cpu
 
 
+def features_per_cpu_second(batch_size, crop_seconds, repeats=5):
+    """Crops per CPU-second of the paper recipe's log-mel features (80 mels, original framing).
+
+    Not part of the loader: the recipe computes them in ``compute_forward``,
+    on the training device. Timed here on one CPU thread, for a CPU-only run.
+    """
+    features = LogMelFeatures(sample_rate=RATE, n_mels=80, framing="original")
+    wavs = 0.1 * torch.randn(batch_size, int(crop_seconds * RATE))
+    with torch.inference_mode():
+        features(wavs)
+        start = time.process_time()
+        for _ in range(repeats):
+            features(wavs)
+    return batch_size * repeats / (time.process_time() - start)
+
+
 def evicted(path):
     """Drops ``path`` from the page cache (only this file; nothing else is touched)."""
     descriptor = os.open(path, os.O_RDONLY)
@@ -195,6 +212,9 @@ def main(argv=None):
                     dataset, count, args.batch_size, args.batches, args.crop_seconds)
             costs[extension]["KiB"] = size
         print_tables(results, costs, formats, workers, args.target)
+        rate = features_per_cpu_second(args.batch_size, args.crop_seconds)
+        print(f"\nlog-mel features (on the training device in the recipe, not in the loader): "
+              f"{rate:,.0f} crops per CPU-second on one thread")
         print(f"# load {os.getloadavg()[0]:.2f} at the end")
 
 
