@@ -1,4 +1,4 @@
-"""``age_calibration.json`` is read as strictly as ``calibration.json`` (issue 26, item 10's sibling).
+"""``age_calibration.json`` is read as strictly as ``calibration.json`` (issue 26, beside item 10).
 
 ``dmha export --experiment`` copies an age experiment's calibration into the
 model folder (``saved_calibration``); a file with a wrong key, a wrong type or

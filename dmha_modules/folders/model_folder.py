@@ -82,6 +82,7 @@ def model_hyperparams(modules, embedding, task, age_decoding=None, verification_
     mods = {"compute_features": "pass_through", "mean_var_norm": "pass_through",
             "embedding_model": "waveform_embedding_model",
             **{name: name for name in ("mean_var_norm_emb", "classifier", *heads)}}
+    heads = _heads_yaml(modules, age_decoding)
     return f"""# {task} model; load it with
 # speechbrain.inference.EncoderClassifier.from_hparams(source=<this folder>)
 # or dmha_modules.inference.DMHAClassifier / AgeClassifier.
@@ -106,7 +107,7 @@ waveform_embedding_model: !new:dmha_modules.nn.waveform.WaveformEmbedding
 pass_through: !new:dmha_modules.nn.waveform.PassThrough
 mean_var_norm_emb: !new:dmha_modules.inference.NoEmbeddingNorm
 classifier: {classifier_yaml(modules["classifier"])}
-{_heads_yaml(modules, age_decoding)}label_encoder: !new:speechbrain.dataio.encoder.CategoricalEncoder
+{heads}label_encoder: !new:speechbrain.dataio.encoder.CategoricalEncoder
 modules:
 {_refs(mods, "    ")}pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
     loadables:

@@ -73,7 +73,7 @@ class WaveformEmbedding(torch.nn.Module):
         self.embedding_model = embedding_model
 
     def forward(self, wavs, lengths=None):
-        """Embeddings ``(B, 1, E)`` of waveforms ``(B, samples)`` with relative ``lengths`` ``(B,)``."""
+        """Embeddings ``(B, 1, E)`` of waveforms ``(B, samples)``, relative ``lengths`` ``(B,)``."""
         if lengths is None:
             lengths = torch.ones(len(wavs), device=wavs.device)
         frame_lens = self.compute_features.frame_lengths(lengths, wavs.shape[1])
