@@ -249,7 +249,7 @@ def print_table(rows):
 
 
 def child_main(argv):
-    """``--child prepare DATA SAVE JOBS``, ``startup DATA MANIFESTS OUTPUT`` or ``csv MANIFESTS``."""
+    """``--child``: ``prepare DATA SAVE JOBS``, ``startup DATA MANIFESTS OUT``, ``csv M``"""
     import logging
 
     logging.basicConfig(level=logging.WARNING)
