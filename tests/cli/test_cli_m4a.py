@@ -1,5 +1,7 @@
 """``dmha`` verbs on AAC ``.m4a`` files: the same results as on the same audio in WAV.
 
+``dmha features`` is checked against the original code's features (librosa) of that audio.
+
 The reference WAV is the ``.m4a`` decoded here, directly with PyAV (every
 frame, cut to the encoded length), written as float WAV: ``dmha`` reading
 the ``.m4a`` must give the embedding of that WAV file (issue 28,
@@ -14,6 +16,7 @@ from tests.audio_helpers import write_m4a
 from tests.cli.cli_helpers import cosine, run_cli
 from tests.cli.test_cli_age import read_age_csv
 from tests.cli.test_cli_verify import verify
+from tests.test_feature_files import check_features
 from tests.test_inference import voice
 
 
@@ -72,3 +75,18 @@ def test_real_speech_m4a_through_embed_verify_and_age(shared_data, models, tmp_p
     header, rows = read_age_csv(tmp_path / "ages.csv")
     years = [float(row[header.index("age_years")]) for row in rows]
     assert years[0] == pytest.approx(years[1], abs=0.05)
+
+
+def test_features_of_an_m4a_are_those_of_its_decoded_audio(tmp_path, capsys):
+    data = tmp_path / "data"
+    (data / "spk1").mkdir(parents=True)
+    samples = voice(1.5, 16000, 150)
+    m4a = write_m4a(data / "spk1" / "a.m4a", samples, 16000)
+    wav = decoded_to_wav(m4a, tmp_path / "a.wav", len(samples))
+    listing = data / "files.lst"
+    listing.write_text("spk1/a.m4a\n", encoding="utf-8")
+    status, stdout, stderr = run_cli(capsys, "features", "-i", listing, "--data_dir", data,
+                                     "--jobs", "1")
+    assert status == 0, stderr
+    decoded = soundfile.read(wav, dtype="float32")[0]
+    check_features(data / "spk1" / "a.npy", decoded, 16000)
