@@ -17,7 +17,13 @@ import csv
 from dmha_modules.io.atomic import write_atomic
 from dmha_modules.cli.errors import InputError, batch_status, report_skipped, require_output
 from dmha_modules.cli.inputs import check_audio_outputs, load_model, read_audio_inputs
-from dmha_modules.cli.options import add_command, audio_input_options, model_options, out_option
+from dmha_modules.cli.options import (
+    add_command,
+    audio_input_options,
+    model_options,
+    out_option,
+    precision_option,
+)
 from dmha_modules.inference import AgeClassifier, AudioError
 
 
@@ -29,13 +35,15 @@ def register(commands):
         "models with a gender head, gender of audio files (CSV).",
     )
     model_options(parser)
+    precision_option(parser)
     audio_input_options(parser)
     out_option(parser, "CSV file to write")
 
 
 def _classify(args, paths):
     """The model's description (``describe``) and ``{index: age dict or AudioError}``."""
-    with load_model(args.model, args.device, AgeClassifier, args.trust_model) as model:
+    with load_model(args.model, args.device, AgeClassifier, args.trust_model,
+                    precision=args.precision) as model:
         task = getattr(model.hparams, "task", None)
         if task != "age":
             raise InputError(f"{args.model}: not an age model (task: {task})")

@@ -2,7 +2,10 @@
 
 Audio of any sample rate and channel count is accepted (resampled, averaged
 to mono); bad files are reported and skipped. ``--onnx`` runs the model
-folder's ``embedding.onnx`` (``dmha export --onnx``) with ONNX Runtime.
+folder's ``embedding.onnx`` (``dmha export --onnx``) with ONNX Runtime: fp32,
+as ``--precision fp32`` does in PyTorch. ``--precision int8`` runs
+``embedding_int8.onnx`` with ONNX Runtime (``--onnx`` adds nothing to it);
+``--precision bf16`` is PyTorch's, so it cannot go with ``--onnx``.
 """
 
 import os
@@ -18,6 +21,7 @@ from dmha_modules.cli.options import (
     add_command,
     audio_input_options,
     model_options,
+    precision_option,
     option,
     out_option,
 )
@@ -32,11 +36,13 @@ def register(commands):
         "--folder), or the first column of a two-column --list.",
     )
     model_options(parser)
+    precision_option(parser)
     audio_input_options(parser)
     out_option(parser, "embeddings file: .npz (one array per id), .npy (+ .txt of ids) or "
                "Kaldi .ark (+ .scp)")
     option(parser, "onnx", action="store_true",
-           help="run <model>/embedding.onnx with ONNX Runtime (see dmha export --onnx)")
+           help="run <model>/embedding.onnx (fp32) with ONNX Runtime (see dmha export --onnx); "
+           "--precision int8 runs <model>/embedding_int8.onnx with ONNX Runtime")
 
 
 def _onnx_session(folder):
@@ -51,6 +57,9 @@ def _onnx_session(folder):
 
 def run(args):
     """Embeds the audio and writes the embeddings of the good files."""
+    if args.onnx and args.precision == "bf16":
+        raise ValueError("--onnx runs embedding.onnx in fp32 with ONNX Runtime; --precision "
+                         "bf16 runs PyTorch: give one of them")
     ids, paths = read_audio_inputs(args)
     out, *companions = written_files(args.out)  # .npy and .ark write a second file
     check_audio_outputs(args, paths, [("--out", out, "file")] + [
@@ -59,8 +68,10 @@ def run(args):
         check_output(args.out, ids)  # before the work, not after it
     except ValueError as error:
         raise InputError(str(error)) from None
-    with load_model(args.model, args.device, trust_model=args.trust_model) as model:
-        session = _onnx_session(args.model) if args.onnx else None
+    onnx = args.onnx and args.precision == "fp32"
+    with load_model(args.model, args.device, trust_model=args.trust_model,
+                    precision=args.precision) as model:
+        session = _onnx_session(args.model) if onnx else None
         embeddings, failed = embed_paths(model, paths, args, session)
     keep = [i for i in range(len(paths)) if i not in failed]
     require_output(len(keep), args.out)

@@ -23,6 +23,7 @@ Example
 
 import contextlib
 import os
+import sys
 import tempfile
 
 import numpy as np
@@ -164,17 +165,25 @@ def check_outputs(outputs, inputs=(), read_folders=(), own=()):
         check_writable(path, folder=kind != "file", parent_must_exist=kind == "file")
 
 
-def _listed(list_file):
-    """``(id, path)`` of a ``--list`` file: ``path`` or ``id path...`` (the rest of the line)."""
+def listed_lines(list_file):
+    """``(line number, id, path)`` of a ``--list`` file: ``path`` or ``id path...`` per line.
+
+    The path is the rest of the line (spaces included); empty lines are skipped.
+    """
     entries = []
     with open(list_file, encoding="utf-8-sig") as listing:  # -sig: a leading BOM is no id
-        for line in listing:
+        for number, line in enumerate(listing, 1):
             fields = line.strip().split(maxsplit=1)
             if len(fields) == 2:
-                entries.append((fields[0], fields[1]))
+                entries.append((number, fields[0], fields[1]))
             elif fields:
-                entries.append((os.path.splitext(fields[0])[0], fields[0]))
+                entries.append((number, os.path.splitext(fields[0])[0], fields[0]))
     return entries
+
+
+def _listed(list_file):
+    """``(id, path)`` of a ``--list`` file (see :func:`listed_lines`)."""
+    return [(utterance, path) for _, utterance, path in listed_lines(list_file)]
 
 
 def _found(folder):
@@ -236,7 +245,7 @@ def check_audio_outputs(args, paths, outputs):
 
 
 @contextlib.contextmanager
-def load_model(folder, device, cls=DMHAClassifier, trust_model=False):
+def load_model(folder, device, cls=DMHAClassifier, trust_model=False, precision="fp32"):
     """A model folder loaded with ``cls`` (its files linked into a temporary folder).
 
     Its ``hyperparams.yaml`` is checked first (see
@@ -252,16 +261,87 @@ def load_model(folder, device, cls=DMHAClassifier, trust_model=False):
         ``DMHAClassifier`` or a subclass.
     trust_model : bool
         Load it without the check (``--trust_model``).
+    precision : str
+        ``fp32``, ``bf16`` or ``int8`` (``--precision``; see :func:`use_precision`).
 
     Yields
     ------
     DMHAClassifier
     """
+    int8 = _int8_embedder(folder) if precision == "int8" else None  # before loading anything
     with tempfile.TemporaryDirectory(prefix="dmha-model-") as savedir:
-        yield cls.from_hparams(
+        model = cls.from_hparams(
             source=os.path.abspath(folder), savedir=savedir, run_opts={"device": device},
             trust_model=trust_model,
         )
+        yield use_precision(model, precision, device, int8)
+
+
+def _int8_embedder(folder):
+    """``(OnnxEmbedder of <folder>/embedding_int8.onnx, line saying what it is)``."""
+    from dmha_modules.folders.quantize import INT8_FILE, describe, read_record
+
+    path = os.path.join(folder, INT8_FILE)
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: not found; write it with dmha export --model {folder} "
+                         "--precision int8 --calibration_list LIST")
+    from dmha_modules.folders.onnx_export import OnnxEmbedder  # ONNX Runtime: an optional extra
+
+    try:
+        embedder = OnnxEmbedder(path)
+    except Exception as error:  # ONNX Runtime's own errors (a truncated or foreign file)
+        raise InputError(f"{path}: ONNX Runtime cannot load it "
+                         f"({str(error).splitlines()[0] if str(error) else type(error).__name__})"
+                         ) from None
+    return embedder, describe(read_record(folder))
+
+
+def use_precision(model, precision, device, int8=None):
+    """``model`` made to embed in ``precision``, with one line on stderr saying what runs.
+
+    ``fp32``: as loaded. ``bf16``: the embedding model under bf16 autocast,
+    features and normalisation in fp32 (:class:`dmha_modules.nn.precision.BF16Embedding`),
+    or fp32 where the device has no native bf16
+    (:func:`dmha_modules.nn.precision.resolve_precision`). ``int8``: the
+    folder's ``embedding_int8.onnx`` in ONNX Runtime computes the embeddings
+    (waveforms to embeddings; what follows them, such as the age heads, runs as
+    loaded).
+
+    Arguments
+    ---------
+    model : DMHAClassifier
+        A loaded model.
+    precision : str
+        ``fp32``, ``bf16`` or ``int8``.
+    device : str
+        Torch device.
+    int8 : tuple, optional
+        ``(embedder, line)`` of the folder's int8 graph (``int8`` only).
+
+    Returns
+    -------
+    DMHAClassifier
+        ``model``.
+    """
+    from dmha_modules.nn.precision import BF16Embedding, resolve_precision
+    from dmha_modules.nn.waveform import WaveformEmbedding
+
+    precision, line = resolve_precision(precision, device)
+    if precision == "int8":
+        embedder, line = int8
+        # Every embedding of the classifier (embed, embed_file, embed_files, the age
+        # model's chunks) goes through encode_batch: the graph takes its place.
+        model.encode_batch = lambda wavs, wav_lens=None, normalize=False: embedder(
+            wavs, wav_lens).to(model.device)[:, None]
+    elif precision == "bf16":
+        outer = model.mods["embedding_model"]
+        if isinstance(outer, WaveformEmbedding):  # the folder layout of dmha_modules.nn.waveform
+            outer.embedding_model = BF16Embedding(outer.embedding_model)
+        else:
+            model.mods["embedding_model"] = BF16Embedding(outer)
+    if line:
+        print(line, file=sys.stderr)
+    return model
 
 
 def embed_paths(model, paths, args, embed=None):

@@ -232,6 +232,16 @@ def batching_options(parser):
     option(parser, "no_progress", action="store_true", help="no progress bar")
 
 
+def precision_option(parser):
+    """``--precision {fp32,bf16,int8}`` of the verbs that embed with a model folder."""
+    from dmha_modules.nn.precision import PRECISIONS
+
+    option(parser, "precision", choices=PRECISIONS, default="fp32",
+           help="fp32: PyTorch as trained; bf16: PyTorch under bf16 autocast (fp32, saying "
+           "so, on a CPU without native bf16); int8: <model>/embedding_int8.onnx in ONNX "
+           "Runtime (dmha export --precision int8)")
+
+
 def out_option(parser, help):
     """The required ``--out`` of a verb that writes one output."""
     option(parser, "out", required=True, help=help)

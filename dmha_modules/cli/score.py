@@ -33,6 +33,7 @@ from dmha_modules.cli.options import (
     add_command,
     batching_options,
     model_options,
+    precision_option,
     option,
     out_option,
     positive_int,
@@ -57,6 +58,7 @@ def register(commands):
         "its decision at the stored threshold.",
     )
     model_options(parser)
+    precision_option(parser)
     option(parser, "trials", required=True, help="trial list")
     option(parser, "data_root", default=".", help="folder the trial paths are relative to")
     out_option(parser, "scores file: 'enrol test score' lines, or 'enrol test llr "
@@ -178,7 +180,8 @@ def run(args):
                    *(("audio file of --cohort", path) for path in cohort_paths)],
                   [("--model", args.model)])
     calibration = _calibration(args)
-    with load_model(args.model, args.device, trust_model=args.trust_model) as model:
+    with load_model(args.model, args.device, trust_model=args.trust_model,
+                    precision=args.precision) as model:
         kept, embeddings, pairs = embed_trials(model, trials, args)
         cohort = _cohort(model, cohort_paths, args) if args.cohort else None
     require_output(len(kept), args.out)

@@ -20,7 +20,13 @@ from dmha_modules.cli.inputs import (
     read_calibration,
     trial_seconds,
 )
-from dmha_modules.cli.options import add_command, finite_float, model_options, option
+from dmha_modules.cli.options import (
+    add_command,
+    finite_float,
+    model_options,
+    option,
+    precision_option,
+)
 
 DECISIONS = {True: "same speaker", False: "different speakers"}
 
@@ -34,6 +40,7 @@ def register(commands):
         "embeddings, decided at the model's EER threshold on its test speakers.",
     )
     model_options(parser)
+    precision_option(parser)
     parser.add_argument("enrol", help="first audio file")
     parser.add_argument("test", help="second audio file")
     option(parser, "threshold", type=finite_float,
@@ -54,7 +61,8 @@ def _uncalibrated_threshold(model, args):
 def run(args):
     """Prints the score, the threshold and the decision."""
     calibration = read_calibration(args.model)
-    with load_model(args.model, args.device, trust_model=args.trust_model) as model:
+    with load_model(args.model, args.device, trust_model=args.trust_model,
+                    precision=args.precision) as model:
         if calibration is None:
             threshold = _uncalibrated_threshold(model, args)
         enrol, test = model.embed_file(args.enrol), model.embed_file(args.test)

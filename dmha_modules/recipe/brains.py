@@ -19,6 +19,7 @@ from dmha_modules.age.uncertainty import (
     reliability_bins,
 )
 from dmha_modules.io.atomic import write_atomic
+from dmha_modules.nn.precision import brain_precision, fp32_features
 from dmha_modules.recipe.datasets import SPLITS
 from dmha_modules.inference import group_posteriors
 from dmha_modules.scoring.metrics import (
@@ -33,7 +34,6 @@ from dmha_modules.io.plots import plot_confusion_matrix, plot_embeddings_pca, pl
 from dmha_modules.recipe.training import DDPBrain
 
 logger = logging.getLogger(__name__)
-
 
 
 class DMHABrain(DDPBrain):
@@ -66,6 +66,7 @@ class DMHABrain(DDPBrain):
 
     def __init__(self, label_encoders, group_loss, **brain_kwargs):
         super().__init__(**brain_kwargs)
+        brain_precision(self)  # --precision bf16 on a CPU without native bf16: fp32, said
         self.label_encoders = label_encoders
         self.group_loss = group_loss
 
@@ -87,15 +88,16 @@ class DMHABrain(DDPBrain):
     def compute_forward(self, batch, stage):
         """Waveforms -> features -> embeddings -> class scores (and ages in years)."""
         batch = batch.to(self.device)
-        if self.hparams.precomputed_features:
-            feats, frame_lens = batch.feats
-        else:
-            wavs, lens = batch.sig
-            if self.augmenting(stage):
-                wavs, lens = self.hparams.wav_augment(wavs, lens)
-            frame_lens = self.modules.compute_features.frame_lengths(lens, wavs.shape[1])
-            feats = self.modules.compute_features(wavs, lens)
-        feats = self.modules.mean_var_norm(feats, frame_lens)
+        with fp32_features(self.device):  # also under --precision bf16 (nn.precision)
+            if self.hparams.precomputed_features:
+                feats, frame_lens = batch.feats
+            else:
+                wavs, lens = batch.sig
+                if self.augmenting(stage):
+                    wavs, lens = self.hparams.wav_augment(wavs, lens)
+                frame_lens = self.modules.compute_features.frame_lengths(lens, wavs.shape[1])
+                feats = self.modules.compute_features(wavs, lens)
+            feats = self.modules.mean_var_norm(feats, frame_lens)
         embeddings = self.modules.embedding_model(feats, frame_lens)
         outputs = {"embeddings": embeddings}
         if "classifier" in self.modules:
