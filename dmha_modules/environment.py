@@ -20,8 +20,9 @@ from pathlib import Path
 
 __all__ = ["compiled_dependency_problem", "require_compiled_dependencies"]
 
-# Loaded in this order: torch first, as the others link against it.
-COMPILED_DEPENDENCIES = ("torch", "torchaudio", "soundfile")
+# Loaded in this order: torch first, as the others link against it; PyAV
+# (``av``, FFmpeg inside its wheel) decodes AAC ``.m4a``.
+COMPILED_DEPENDENCIES = ("torch", "torchaudio", "soundfile", "av")
 
 # The tested set of versions, in a checkout; absent from an installed wheel.
 LOCK_FILE = Path(__file__).resolve().parents[1] / "constraints.txt"

@@ -82,3 +82,22 @@ def test_a_torchaudio_built_for_another_torch_is_one_line(mismatched_torchaudio,
     assert f"torch {torch.__version__.split('+')[0]}" in lines[0]
     assert "undefined symbol: torch_exception_get_what_without_backtrace" in lines[0]
     assert "pip install" in lines[0] and "constraints.txt" in lines[0]
+
+
+def test_a_broken_pyav_is_one_line(tmp_path):
+    # PyAV's wheel carries FFmpeg's libraries; one that does not load is said
+    # in one line, not as a traceback of ``import av`` inside the audio reader.
+    (tmp_path / "av").mkdir()
+    (tmp_path / "av" / "__init__.py").write_text(
+        'raise ImportError("libavcodec-1a2b3c.so.62: cannot open shared object file")\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "dmha_modules.cli", "--help"], cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)}, capture_output=True, text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1 and done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("dmha: av does not load (")
+    assert "libavcodec-1a2b3c.so.62" in lines[0] and "pip install" in lines[0]
