@@ -106,7 +106,7 @@ def _commonvoice(sources):
 
 def _voxceleb(sources):
     parser = _source(sources, "voxceleb", prepare_voxceleb,
-                     "VoxCeleb1/2 trees (id*/video/*.wav|.m4a) and an official trial list",
+                     "VoxCeleb1/2 trees (id*/video/*.wav|.flac|.m4a) and an official trial list",
                      split_without="a trial list")
     option(parser, "trials_file", help="official trial list, veri_test2.txt format")
 

@@ -1,4 +1,4 @@
-"""VoxCeleb1/2 trees (``id*/video/*.wav`` or ``.m4a``) and official trial lists."""
+"""VoxCeleb1/2 trees (``id*/video/*.wav``, ``.flac`` or ``.m4a``) and official trial lists."""
 
 import hashlib
 import os
@@ -16,6 +16,8 @@ from dmha_modules.prepare.utterances import (
 from dmha_modules.scoring.trials import parse_trial
 
 _SPEAKER = re.compile(r"id\d+")
+# VoxCeleb1's WAV, VoxCeleb2's AAC, and either converted to FLAC.
+_EXTENSIONS = (".wav", ".flac", ".m4a")
 
 
 def prepare_voxceleb(
@@ -28,7 +30,7 @@ def prepare_voxceleb(
     skip_bad=False,
     jobs=None,
 ):
-    """Converts VoxCeleb1/2 trees (``id*/video/*.wav`` or ``.m4a``) into manifests.
+    """Converts VoxCeleb1/2 trees (``id*/video/*.wav``, ``.flac`` or ``.m4a``) into manifests.
 
     Every folder named ``id<digits>`` below ``data_folder`` (at any depth,
     e.g. ``vox1/wav/`` and ``vox2/dev/aac/`` side by side) is a speaker; its
@@ -37,8 +39,8 @@ def prepare_voxceleb(
     format: ``1|0 pathA pathB`` per line, paths ``id*/video/file``), the
     speakers it names form the test split, its trials become ``trials.csv``
     and valid speakers are held out of the rest; without one, valid and test
-    speakers are both held out. ``.m4a`` durations come from the MP4 header
-    (libsndfile cannot decode AAC).
+    speakers are both held out. ``.m4a`` durations come from the MP4 audio
+    track's header (:mod:`dmha_modules.io.mp4_boxes`).
 
     Arguments
     ---------
@@ -108,7 +110,7 @@ def _find_inputs(data_folder, trials_file):
     if not os.path.isdir(data_folder):
         log.stop(data_folder, None, "missing: the VoxCeleb folder")
     elif not (audio_paths := _scan(data_folder)):
-        log.stop(data_folder, None, "no id*/video/*.wav or *.m4a files found")
+        log.stop(data_folder, None, "no id*/video/*.wav, *.flac or *.m4a files found")
     return log, audio_paths
 
 
@@ -137,7 +139,7 @@ def _utterance(rel, data_folder):
 
 
 def _scan(data_folder):
-    """Lists ``id*/video/*.wav|.m4a`` below ``data_folder``, sorted, relative."""
+    """Lists ``id*/video/*.wav|.flac|.m4a`` below ``data_folder``, sorted, relative."""
     found = []
     pending = [data_folder]
     while pending:
@@ -156,7 +158,7 @@ def _scan(data_folder):
                     found += [
                         f"{speaker}/{video.name}/{audio.name}"
                         for audio in files
-                        if os.path.splitext(audio.name)[1].lower() in (".wav", ".m4a")
+                        if os.path.splitext(audio.name)[1].lower() in _EXTENSIONS
                     ]
     return sorted(found)
 

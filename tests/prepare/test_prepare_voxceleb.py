@@ -130,3 +130,24 @@ def test_voxceleb_bad_audio_names_the_file(voxceleb, tmp_path):
         prepare.prepare_voxceleb(str(data), str(tmp_path / "prep"), jobs=1)
     assert_reports(error.value, data, None, str(bad), "not a readable MP4 audio file")
     assert_nothing_written(tmp_path / "prep")
+
+
+def test_voxceleb_converted_to_flac_prepares_with_the_official_trial_list(tmp_path):
+    # The official list names .wav files; a tree converted to FLAC matches it by ID.
+    data = tmp_path / "voxceleb"
+    durations = {}
+    for speaker in ("id10270", "id10271", "id10272"):
+        for video in ("vidA", "vidB"):
+            rel = f"vox1/flac/{speaker}/{video}/00001.flac"
+            durations[f"{speaker}--{video}--00001"] = write_audio(data / rel, 0.25)
+    write_text(data / "veri_test2.txt",
+               "1 id10270/vidA/00001.wav id10270/vidB/00001.wav\n"
+               "0 id10270/vidA/00001.wav id10271/vidB/00001.wav\n")
+    outputs = prepare.prepare_voxceleb(str(data), str(tmp_path / "prep"),
+                                       trials_file=str(data / "veri_test2.txt"), jobs=1)
+    rows = [row for split, path in outputs.items() if split != "trials" for row in read_csv(path)]
+    assert sorted(row["ID"] for row in rows) == sorted(durations)
+    for row in rows:
+        assert row["wav"].endswith(".flac")
+        assert row["duration"] == duration_text(durations[row["ID"]])
+    assert len(read_csv(outputs["trials"])) == 2
