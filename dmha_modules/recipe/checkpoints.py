@@ -6,7 +6,7 @@ import shutil
 import ruamel.yaml
 import torch
 from speechbrain.utils.checkpoints import CKPT_PREFIX, METAFNAME, Checkpointer
-from speechbrain.utils.distributed import if_main_process
+from speechbrain.utils.distributed import ddp_barrier, if_main_process
 
 from dmha_modules.folders.safety import read_checkpoint
 from dmha_modules.recipe.training import OutputFolderError
@@ -46,6 +46,9 @@ class AtomicCheckpointer(Checkpointer):
         if checkpoint is not None:
             meta = checkpoint.path / METAFNAME
             os.replace(f"{meta}{PENDING_SUFFIX}", meta)
+        # Under DDP no rank lists the checkpoints before this one is published:
+        # save_and_keep_only's deletions (one broadcast each) must be the same on all.
+        ddp_barrier()
         return checkpoint
 
     def _save_checkpoint_metafile(self, fpath, meta_to_include={}, end_of_epoch=True):
