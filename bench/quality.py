@@ -27,6 +27,11 @@ reference, a pretrained speaker encoder measured on the same splits without trai
     python bench/quality.py [--seeds 1986 7 42] [--jobs 2] [--training_seeds 1 2]
         [--thread_check 2] [--models dmha ecapa resemblyzer ...] [--out results/quality]
 
+``--precisions fp32 int8 bf16`` measures instead how the default DMHA speaker
+model of each split fares in int8 and bf16 against fp32 (test EER, minDCF,
+cosine to fp32; ``bench/precision_quality.py``), training only those runs;
+``--epochs N`` overrides the models' epochs (economical runs, named ``_eN``).
+
 Runs that finished are reused (each writes ``test_metrics.json`` and
 ``wall_clock.json``); an interrupted one resumes from its checkpoint, its
 wall-clock then covering only the last attempt. The tables go to stdout and
@@ -49,7 +54,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-import reference_encoder  # bench/, beside this script
+import precision_quality  # bench/, beside this script
+import reference_encoder
 from dmha_modules.io.atomic import write_atomic
 from dmha_modules.io.plots import save_png
 from dmha_modules.recipe.build import read_manifest
@@ -249,8 +255,8 @@ def overrides(extra, task):
 
 def train_all(args, threads):
     """Trains (or reuses) every run; returns ``(slug, task, seed) -> output folder``."""
-    runs = [(slug, name, extra, epochs, task, seed)
-            for seed in args.seeds for task in TASKS
+    runs = [(slug, name, extra, args.epochs or epochs, task, seed)
+            for seed in args.seeds for task in args.tasks
             for slug, name, extra, epochs, needs_gpu in args.rows
             if torch.cuda.is_available() or not needs_gpu]
 
@@ -381,6 +387,21 @@ def paired_rows(args, by_model, baseline="ecapa"):
     return lines
 
 
+def precisions_only(args):
+    """``--precisions``: trains (or reuses) the default DMHA speaker run of each split, then
+    measures int8 and bf16 embeddings against fp32 (``bench/precision_quality.py``)."""
+    args.rows, args.tasks = [MODELS[0]], ("speaker",)
+    os.makedirs(args.out, exist_ok=True)
+    folders = train_all(args, max(1, torch.get_num_threads() // args.jobs))
+    runs = [(seed, folders["dmha", "speaker", seed]) for seed in args.seeds]
+    lines = [f"Measured {datetime.date.today()} by `python "
+             f"{' '.join(['bench/quality.py'] + sys.argv[1:])}`: the default DMHA speaker model "
+             f"({args.epochs or MODELS[0][3]} epochs) of each split, its embeddings in each "
+             "precision through `dmha export` / `dmha embed --precision`.", "",
+             *precision_quality.precision_lines(runs, args.precisions, args.data)]
+    publish_table(os.path.join(args.out, "precision.md"), lines)
+
+
 def main():
     data = os.environ.get("DMHA_DATA", os.path.join(REPO, "..", "shared", "data"))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -401,7 +422,14 @@ def main():
                         f"{reference_encoder.REFERENCE}: the pretrained external reference, "
                         "which trains nothing")
     parser.add_argument("--out", default=os.path.join(REPO, "results", "quality"))
+    parser.add_argument("--precisions", nargs="+", choices=("fp32", "int8", "bf16"),
+                        help="only the default DMHA speaker model: int8 / bf16 against fp32")
+    parser.add_argument("--epochs", type=int, help="epochs of every trained model "
+                        "(default: each model's own, MODELS)")
     args = parser.parse_args()
+    args.tasks = TASKS
+    if args.precisions:
+        return precisions_only(args)
     trained = set(args.models) - {reference_encoder.REFERENCE}
     args.rows = [row for row in MODELS if row[0] in trained or (trained and row[0] == "dmha")]
     if not args.rows and (args.training_seeds or args.thread_check):
