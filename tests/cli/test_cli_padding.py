@@ -176,7 +176,7 @@ def generated_voices():
 
 
 def real_utterances(shared_data):
-    """50 real utterances of 2 to 23 s: 35 of speechocean762, 15 of LibriSpeech test-other."""
+    """50 real utterances of 2.3 to 17.3 s: 35 of speechocean762, 15 of LibriSpeech test-other."""
     ocean = sorted((shared_data / "speechocean762" / "WAVE").glob("*/*.flac"))[::57][:35]
     libri = sorted((shared_data / "librispeech-test-other-10spk").glob("*/*.flac"))[::7][:15]
     assert len(ocean) == 35 and len(libri) == 15
