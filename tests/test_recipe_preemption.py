@@ -223,9 +223,10 @@ def test_the_slurm_script_requeues_on_sigterm_and_the_requeued_job_resumes(corpu
     [checkpoint] = intra_epoch_checkpoints(output)
     # Both ranks stopped after the same batch; only rank 0 wrote (and names) the checkpoint.
     stops = re.findall(r"recipes/train\.py: SIGTERM: checkpoint saved( in \S+)? at "
-                       r"(optimizer step \d+, epoch 2 after \d+ batches)", stderr)
-    assert sorted(stops) == sorted([("", stops[0][1]), (f" in {checkpoint}", stops[0][1])])
-    assert logged_epochs(output) == [1]
+                       r"(optimizer step \d+, epoch (\d+) after \d+ batches)", stderr)
+    assert sorted(stops) == sorted([("", *stops[0][1:]), (f" in {checkpoint}", *stops[0][1:])])
+    epoch = int(stops[0][2])  # the second, unless this machine is very slow
+    assert epoch in (2, 3) and logged_epochs(output) == list(range(1, epoch))
 
     # The requeued job runs the same script again: it resumes there and finishes.
     rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env,
