@@ -191,3 +191,22 @@ def test_the_int8_graph_runs_in_onnx_runtime_alone(int8_model, tmp_path):
     embedder = OnnxEmbedder(int8)
     ours = np.stack([embedder(torch.from_numpy(wav)[None])[0].numpy() for wav in wavs])
     np.testing.assert_allclose(alone, ours, rtol=1e-5, atol=1e-5)
+
+
+def test_a_model_folder_with_an_int8_graph_is_replaced_only_with_the_same_embeddings(tmp_path):
+    """The int8 files are dmha's (the folder may be rewritten) but calibrated on the user's audio."""
+    from dmha_modules.folders.replace import Replacement
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "hyperparams.yaml").write_text("sample_rate: 16000\n", encoding="utf-8")
+    model = torch.nn.Linear(2, 2)
+    torch.save(model.state_dict(), folder / "embedding_model.ckpt")
+    (folder / "embedding_int8.onnx").write_bytes(b"graph")
+    (folder / "embedding_int8.json").write_text("{}", encoding="utf-8")
+    kept = Replacement(str(folder), "sample_rate: 16000\n", model)
+    assert kept.copied == ["embedding_int8.onnx", "embedding_int8.json"]
+    with pytest.raises(ValueError, match="embedding_int8.onnx: fitted on the model in .*dmha "
+                       r"export --precision int8.*remove embedding_int8.onnx and "
+                       "embedding_int8.json"):
+        Replacement(str(folder), "sample_rate: 16000\n", torch.nn.Linear(2, 2))

@@ -38,6 +38,7 @@ import shutil
 import torch
 import yaml
 
+from dmha_modules.folders.quantize import INT8_FILE, INT8_RECORD
 from dmha_modules.scoring.calibration import SCORE_CALIBRATION_FILE
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,9 @@ CALIBRATION_PLOT_FILE = "calibration_det.png"  # dmha calibrate's default --plot
 # The trained modules a model folder holds, one "<name>.ckpt" each.
 MODEL_CHECKPOINTS = ("embedding_model", "classifier", "age_head", "gender_head")
 # Added to a model folder after it is written; kept when the embeddings are the same.
-ADDED_FILES = (SCORE_CALIBRATION_FILE, CALIBRATION_PLOT_FILE, ONNX_FILE)
+# The int8 graph and its record (dmha export --precision int8) are calibrated on the user's
+# audio, so, like calibration.json, they cannot be made again for other weights.
+ADDED_FILES = (SCORE_CALIBRATION_FILE, CALIBRATION_PLOT_FILE, ONNX_FILE, INT8_FILE, INT8_RECORD)
 # What the model's embeddings depend on, in hyperparams.yaml.
 EMBEDDING_KEYS = ("sample_rate", "compute_features", "mean_var_norm", "embedding_model")
 
@@ -188,7 +191,8 @@ class Replacement:
                 f"{os.path.join(folder, calibration[0])}: fitted on the model in {folder}, whose "
                 "embeddings the new model does not reproduce (other weights or settings); "
                 "not replaced: write the new model to another folder and run dmha calibrate "
-                f"on it, or remove {' and '.join(calibration)} to replace {folder} without"
+                "(or dmha export --precision int8, for the int8 graph) on it, or remove "
+                f"{' and '.join(calibration)} to replace {folder} without"
             )
 
     def into(self, temporary, modules):
