@@ -210,3 +210,20 @@ def test_a_model_folder_with_an_int8_graph_is_replaced_only_with_the_same_embedd
                        r"export --precision int8.*remove embedding_int8.onnx and "
                        "embedding_int8.json"):
         Replacement(str(folder), "sample_rate: 16000\n", torch.nn.Linear(2, 2))
+
+
+def test_the_recipe_brain_checks_bf16_against_the_cpu(monkeypatch, capsys):
+    """SpeechBrain runs --precision bf16 under autocast on any CPU; the recipe's Brain checks it."""
+    from dmha_modules.recipe.brains import SpeakerBrain
+
+    monkeypatch.delenv(precision.FORCE_BF16_VARIABLE, raising=False)
+    options = {"device": "cpu", "precision": "bf16", "eval_precision": "bf16"}
+    for flags, expected in (({"avx2", "fma"}, "fp32"), ({"avx512f", "avx512_bf16"}, "bf16")):
+        monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
+        brain = SpeakerBrain({}, {}, None, modules={"embedding_model": torch.nn.Linear(2, 2)},
+                             run_opts=dict(options))
+        assert (brain.precision, brain.eval_precision) == (expected, expected)
+        with brain.training_ctx:
+            dtype = (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
+        assert dtype == (torch.float32 if expected == "fp32" else torch.bfloat16)
+    assert "has no native bf16 (avx512_bf16/AMX): running fp32" in capsys.readouterr().out
