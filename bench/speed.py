@@ -66,6 +66,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from dmha_modules.nn.precision import SHOWN_FLAGS, cpu_flags, cpu_has_native_bf16  # noqa: E402
 
+import peaks  # bench/, beside this script  # noqa: E402
+from peaks import CLOCKS, best_seconds, engine_peak  # noqa: E402
+
 SAMPLE_RATE = 16000
 EMBED_SECONDS, CROP_SECONDS, TRAIN_BATCH, CLASSES = 3.0, 3.5, 16, 100
 DATA = os.environ.get("DMHA_DATA", os.path.join(REPO, "..", "shared", "data"))
@@ -81,96 +84,6 @@ MODELS = {
 }
 ENGINES = {"fp32": "PyTorch fp32", "bf16": "PyTorch bf16 autocast",
            "int8": "ONNX Runtime int8 (static QDQ)", "onnx": "ONNX Runtime fp32"}
-
-
-# --clock: wall-clock time, or the process's CPU time (with --threads 1, the time the work
-# takes on one core whatever else the machine runs; on a shared machine, the steadier one).
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-clock = CLOCKS["wall"]
-
-
-def best_seconds(fn, repeats):
-    """Best time (``clock``) of ``repeats`` calls of ``fn`` after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = clock()
-        fn()
-        times.append(clock() - start)
-    return min(times)
-
-
-def torch_peak(dtype, sizes, repeats):
-    """Best GFLOP/s of square ``torch.mm`` products of ``dtype`` into a preallocated output."""
-    best = 0.0
-    for size in sizes:
-        a, b, out = (torch.randn(size, size).to(dtype) for _ in range(3))
-        seconds = best_seconds(lambda: torch.mm(a, b, out=out), repeats)
-        best = max(best, 2 * size**3 / seconds / 1e9)
-    return best
-
-
-def ort_peak(types, sizes, repeats, threads):
-    """Best GOP/s of ONNX Runtime's ``MatMulInteger`` on ``types`` (e.g. ``("uint8", "int8")``,
-    int32 out) or, for ``None``, of its fp32 ``MatMul``."""
-    import onnxruntime
-    from onnx import TensorProto, helper
-
-    kinds = {"uint8": TensorProto.UINT8, "int8": TensorProto.INT8, None: TensorProto.FLOAT}
-    inputs = [helper.make_tensor_value_info(n, kinds[t], ["N", "N"])
-              for n, t in zip("ab", types or (None, None))]
-    out = helper.make_tensor_value_info("c", TensorProto.INT32 if types else TensorProto.FLOAT,
-                                        ["N", "N"])
-    node = helper.make_node("MatMulInteger" if types else "MatMul", ["a", "b"], ["c"])
-    model = helper.make_model(helper.make_graph([node], "mm", inputs, [out]),
-                              opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = onnxruntime.InferenceSession(model.SerializeToString(), options,
-                                           providers=["CPUExecutionProvider"])
-    best = 0.0
-    rng = np.random.default_rng(0)
-    for size in sizes:
-        a, b = (rng.integers(0 if t == "uint8" else -128, 128, (size, size)).astype(t) if t
-                else rng.standard_normal((size, size)).astype(np.float32)
-                for t in types or (None, None))
-        seconds = best_seconds(lambda: session.run(None, {"a": a, "b": b}), repeats)
-        best = max(best, 2 * size**3 / seconds / 1e9)
-    return best
-
-
-def int8_types(path):
-    """``(activation, weight)`` integer types of a QDQ graph's first quantised ``Conv``."""
-    import onnx
-
-    model = onnx.load(path)
-    initial = {t.name: onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name
-               for t in model.graph.initializer}
-    produced = {n.output[0]: n for n in model.graph.node}
-    for node in model.graph.node:
-        if node.op_type == "Conv" and node.input[0] in produced:
-            act, weight = (produced.get(name) for name in node.input[:2])
-            if act is not None and act.op_type == "DequantizeLinear" and weight is not None:
-                return initial.get(act.input[2]) or "uint8", initial.get(weight.input[0], "int8")
-    return "uint8", "int8"
-
-
-def engine_peak(precision, repeats, native_bf16, int8_path=None):
-    """The matrix-product peak of the engine and format that runs ``precision``; its label."""
-    threads = torch.get_num_threads()
-    if precision == "fp32":
-        return torch_peak(torch.float32, (2048, 4096), repeats), "torch.mm fp32, 2048-4096"
-    if precision == "bf16":
-        # PyTorch's emulated bf16 product takes minutes at 2048: a smaller size there.
-        sizes = (2048, 4096) if native_bf16 else (512,)
-        label = "2048-4096" if native_bf16 else "512, emulated"
-        return torch_peak(torch.bfloat16, sizes, repeats), f"torch.mm bf16, {label}"
-    if precision == "int8":
-        # The kernel the quantised graph runs: its activation and weight types.
-        types = int8_types(int8_path)
-        return (ort_peak(types, (2048, 4096), repeats, threads),
-                f"ORT MatMulInteger {types[0]} x {types[1]}, 2048-4096")
-    return ort_peak(None, (2048, 4096), repeats, threads), "ORT MatMul fp32, 2048-4096"
 
 
 def noise(batch, seconds):
@@ -279,6 +192,7 @@ def prepare_onnx(name, workdir):
     from dmha_modules.folders.quantize import quantize_int8
 
     modules = build_modules(name, workdir).eval()
+    reference_embeddings(name, workdir, modules)
     fp32_path = os.path.join(workdir, f"{name}.onnx")
     export_onnx(modules["compute_features"], modules["mean_var_norm"],
                 modules["embedding_model"], fp32_path)
@@ -419,8 +333,12 @@ def cpu_line():
             f"flags {shown} (absent: {missing}); bf16 {native}; load average {load}")
 
 
-def share(effective, peak):
+def share(effective, peak, emulated=False):
     """The effective rate against the engine's peak, never a share over 100 %."""
+    if effective > peak and emulated:
+        # PyTorch's emulated bf16 matmul is a slow generic loop; its convolutions are not.
+        return (f"{effective:.3g} vs {peak:.3g}: > the emulated matmul's rate (the convolutions "
+                "take a faster emulated path)")
     if effective > peak:
         return f"{effective:.3g} vs peak {peak:.3g}: > peak (fewer multiplications than counted)"
     return f"{effective:.3g} = {effective / peak:.0%} of {peak:.3g}"
@@ -432,7 +350,8 @@ def row_cells(name, precision, r, gflop):
     engine = ENGINES[precision] + (" (emulated, not native)" if precision == "bf16"
                                    and not native else "")
     batch = "embed_ms_b16" if "embed_ms_b16" in r else "embed_ms_b1"
-    rate = share(gflop / (r[batch] / 1000), r["peak_gflops"]) if gflop else ""
+    emulated = precision == "bf16" and not native
+    rate = share(gflop / (r[batch] / 1000), r["peak_gflops"], emulated) if gflop else ""
     rate += f" ({r['peak_label']}{'' if batch.endswith('16') else '; batch 1'})"
     cosine = ("{:.5f} / {:.5f} ({} files)".format(*r["cosine"]) if r.get("cosine")
               else "reference" if precision == "fp32" and name != "original" else "")
@@ -505,8 +424,7 @@ def main():
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     parser.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    global clock
-    clock = CLOCKS[args.clock]
+    peaks.clock = CLOCKS[args.clock]
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:
@@ -516,10 +434,9 @@ def main():
         unknown = sorted(set(value) - set(known))
         if unknown:
             parser.error(f"unknown {', '.join(unknown)}; known: {', '.join(known)}")
-    # fp32 first: it saves the weights and the reference embeddings the others use.
+    # fp32 first where asked for: it saves the weights and the reference embeddings.
     runs = [(name, p, False) for name in models
-            for p in (["fp32"] if name == "original" else ["fp32"] + [p for p in precisions
-                                                                   if p != "fp32"])]
+            for p in (["fp32"] if name == "original" else sorted(precisions, key="fp32".__ne__))]
     runs += [(name, "fp32", True) for name in models if args.compile and name != "original"]
     import onnxruntime
 
