@@ -27,9 +27,11 @@ that broadcasts instead of calling ``len(lengths)`` (which would fix the batch
 size); the mask is the same.
 
 Every export is checked: the graph's input axes must be symbolic, and ONNX
-Runtime must match PyTorch to ``TOLERANCE`` (absolute) on the example batch
-and on a second batch of another size and length; otherwise nothing is
-written. The graph computes all frames at once (no chunking), so its memory
+Runtime must match PyTorch to ``TOLERANCE`` on the example batch and on a
+second batch of another size and length, relative to the largest embedding
+value when that is above 1 (float32 sums err in proportion to their size:
+a paper-size model with values up to 20 differs by about 1.3e-4); otherwise
+nothing is written. The graph computes all frames at once (no chunking), so its memory
 grows with the input length: cut hours of audio into pieces.
 """
 
@@ -226,7 +228,8 @@ def export_onnx(compute_features, mean_var_norm, embedding_model, path, example_
     compute_features.frame_lengths(lengths, wavs.shape[1])``. The file is
     written to a temporary name beside ``path``, run with ONNX Runtime (CPU)
     on the example batch and on a second batch of another size and length, and
-    moved to ``path`` only if it matches PyTorch to ``TOLERANCE``. The modules
+    moved to ``path`` only if it matches PyTorch to ``TOLERANCE`` (relative to
+    the largest embedding value above 1; see the module). The modules
     passed are not changed (copies are exported, on CPU).
 
     Arguments
@@ -287,11 +290,11 @@ def export_onnx(compute_features, mean_var_norm, embedding_model, path, example_
         program.save(temporary, external_data=False)
         _check_dynamic_inputs(temporary)
         max_diff = _max_difference(temporary, checks, expected)
-        if not max_diff <= TOLERANCE:
-            largest = max(float(want.abs().max()) for want in expected)
+        largest = max(float(want.abs().max()) for want in expected)
+        if not max_diff <= TOLERANCE * max(1.0, largest):
             raise RuntimeError(
                 f"ONNX Runtime differs from PyTorch by up to {max_diff:.3g} "
-                f"(tolerance {TOLERANCE}; embedding values up to {largest:.3g}); "
+                f"(tolerance {TOLERANCE} x the largest embedding value, {largest:.3g}); "
                 f"{path} not written"
             )
     return max_diff

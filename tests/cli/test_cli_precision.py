@@ -54,8 +54,7 @@ def int8_folders(tmp_path_factory):
     """Speaker and age folders with ``embedding_int8.onnx``, and the export output.
 
     Written here as conftest writes the session's (tiny random models, other
-    seeds: the session speaker folder's ONNX export is refused at
-    ``onnx_export.TOLERANCE``, 1.07e-4 on embeddings up to 5.5).
+    seeds).
     """
     root = tmp_path_factory.mktemp("int8")
     listing = write_calibration(root / "calibration")
