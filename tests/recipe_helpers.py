@@ -38,6 +38,24 @@ def write_voice(path, f0, rng, sample_rate=16000, seconds=None):
     return path
 
 
+def write_kaldi_corpus(root, ages):
+    """A Kaldi data dir in ``root``: one speaker per age of ``ages``, 3 utterances of 1.2-1.8 s each."""
+    rng = np.random.default_rng(0)
+    scp, utt2spk, spk2age = [], [], []
+    for s, age in enumerate(ages):
+        spk = f"SPK{s:02d}"
+        spk2age.append(f"{spk} {age}")
+        for u in range(3):
+            utt = f"{spk}_{u}"
+            write_voice(root / "WAVE" / f"{utt}.flac", 300 - 5 * age + 10 * u, rng)
+            scp.append(f"{utt} WAVE/{utt}.flac")
+            utt2spk.append(f"{utt} {spk}")
+    (root / "train").mkdir()
+    for name, lines in [("wav.scp", scp), ("utt2spk", utt2spk), ("spk2age", spk2age)]:
+        (root / "train" / name).write_text("\n".join(lines) + "\n")
+    return root
+
+
 def recipe_command(hparams, corpus, output, *extra):
     """The recipe on ``hparams/<hparams>`` with the tiny model, ``corpus`` and ``output``.
 

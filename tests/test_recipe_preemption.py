@@ -20,11 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
-from tests.recipe_helpers import REPO, logged_epochs, recipe_command, write_voice
+from tests.recipe_helpers import REPO, logged_epochs, recipe_command, write_kaldi_corpus
 
 PREEMPTED = 143  # 128 + SIGTERM, what a shell reports for a process that SIGTERM ended
 INTRA_EPOCH = "brain_intra_epoch_ckpt"  # SpeechBrain's meta key of intra-epoch checkpoints
@@ -33,21 +32,7 @@ INTRA_EPOCH = "brain_intra_epoch_ckpt"  # SpeechBrain's meta key of intra-epoch 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """A Kaldi data dir of 16 speakers x 3 utterances of 1.2-1.8 s."""
-    root = tmp_path_factory.mktemp("corpus")
-    rng = np.random.default_rng(0)
-    scp, utt2spk, spk2age = [], [], []
-    for s in range(16):
-        spk, age = f"SPK{s:02d}", 8 + 2 * s
-        spk2age.append(f"{spk} {age}")
-        for u in range(3):
-            utt = f"{spk}_{u}"
-            write_voice(root / "WAVE" / f"{utt}.flac", 300 - 5 * age + 10 * u, rng)
-            scp.append(f"{utt} WAVE/{utt}.flac")
-            utt2spk.append(f"{utt} {spk}")
-    (root / "train").mkdir()
-    for name, lines in [("wav.scp", scp), ("utt2spk", utt2spk), ("spk2age", spk2age)]:
-        (root / "train" / name).write_text("\n".join(lines) + "\n")
-    return root
+    return write_kaldi_corpus(tmp_path_factory.mktemp("corpus"), [8 + 2 * s for s in range(16)])
 
 
 # The recipe, recording per optimizer step "step lr steps_per_epoch epoch ids..."; at step

@@ -18,7 +18,8 @@ import pytest
 import soundfile
 
 from dmha_modules.recipe.training import LOCK_FILE, output_folder_lock
-from tests.recipe_helpers import REPO, logged_epochs, recipe_command, run_recipe, write_voice
+from tests.recipe_helpers import (REPO, logged_epochs, recipe_command, run_recipe,
+                                  write_kaldi_corpus, write_voice)
 
 INTERRUPTED = 130  # what a shell reports for a process that SIGINT ended
 
@@ -26,21 +27,8 @@ INTERRUPTED = 130  # what a shell reports for a process that SIGINT ended
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """A Kaldi data dir of 16 speakers (ages 8-42) x 3 utterances of 1.2-1.8 s."""
-    root = tmp_path_factory.mktemp("corpus")
-    rng = np.random.default_rng(0)
-    scp, utt2spk, spk2age = [], [], []
-    for s, age in enumerate([8, 9, 10, 11, 15, 16, 17, 18, 22, 24, 26, 28, 33, 36, 39, 42]):
-        spk = f"SPK{s:02d}"
-        spk2age.append(f"{spk} {age}")
-        for u in range(3):
-            utt = f"{spk}_{u}"
-            write_voice(root / "WAVE" / f"{utt}.flac", 300 - 5 * age + 10 * u, rng)
-            scp.append(f"{utt} WAVE/{utt}.flac")
-            utt2spk.append(f"{utt} {spk}")
-    (root / "train").mkdir()
-    for name, lines in [("wav.scp", scp), ("utt2spk", utt2spk), ("spk2age", spk2age)]:
-        (root / "train" / name).write_text("\n".join(lines) + "\n")
-    return root
+    ages = [8, 9, 10, 11, 15, 16, 17, 18, 22, 24, 26, 28, 33, 36, 39, 42]
+    return write_kaldi_corpus(tmp_path_factory.mktemp("corpus"), ages)
 
 
 def folder_bytes(folder):
