@@ -128,22 +128,24 @@ def int8_model(tmp_path_factory):
 
 
 def test_int8_embeddings_are_close_to_fp32(int8_model):
-    """8-bit steps: activations rounded to 1/255 of their calibrated range, weights per channel.
+    """8-bit activations rounded to 1/255 of their calibrated range, weights per channel in 7 bits.
 
-    The rounding noise of one layer is 30-35 dB below its signal for
+    The rounding noise of one layer is 30-35 dB below its signal for 8-bit
     activations a few times smaller than their range (measured with ONNX
-    Runtime's qdq_loss_debug), a relative error of 2-3 % per layer; over the
-    8 quantised convolutions of this random model, which amplifies
+    Runtime's qdq_loss_debug), a relative error of 2-3 % per layer; 7-bit
+    weights (``reduce_range``, the step twice 8 bits') add as much again.
+    Over the 8 quantised convolutions of this random model, which amplifies
     differences more than a trained one (0.1 % noise on the waveform: cosine
-    0.88), measured: worst 0.983, mean 0.992 on 8 held-out files. Bounds 0.97
-    and 0.985 leave margin for other CPUs' kernels; with signed weights (int8
-    on an AVX2 CPU, saturating kernels) and the pooling quantised too, the
-    worst was 0.57.
+    0.88), measured: worst 0.952, mean 0.988 on 8 held-out files (with 8-bit
+    uint8 weights: 0.983, 0.992; a trained model keeps 0.997 worst on real
+    speech, docs/speed.md). Bounds 0.93 and 0.98 leave margin for other
+    CPUs' kernels; with full-range signed weights (saturating AVX2 kernels)
+    and the pooling quantised too, the worst was 0.57.
     """
     folder, fp32, int8, record = int8_model
     graph = onnx.load(int8)
     quantised = [init for init in graph.graph.initializer
-                 if init.data_type == onnx.TensorProto.UINT8 and len(init.dims) >= 2]
+                 if init.data_type == onnx.TensorProto.INT8 and len(init.dims) >= 2]
     convolutions = [node for node in graph.graph.node if node.op_type == "Conv"]
     assert len(quantised) >= len(convolutions) > 0  # every convolution's weights in 8 bits
     assert os.path.getsize(int8) < 0.5 * os.path.getsize(fp32)
@@ -151,7 +153,7 @@ def test_int8_embeddings_are_close_to_fp32(int8_model):
     want = OnnxEmbedder(fp32)(wavs)
     got = OnnxEmbedder(int8)(wavs)
     similar = cosines(got, want)
-    assert float(similar.mean()) >= 0.985 and float(similar.min()) >= 0.97
+    assert float(similar.mean()) >= 0.98 and float(similar.min()) >= 0.93
     # Each int8 embedding is nearest to its own file's fp32 embedding.
     assert (cosines(got[:, None], want[None]).argmax(dim=1) == torch.arange(len(wavs))).all()
     with open(folder / INT8_RECORD, encoding="utf-8") as f:

@@ -7,10 +7,11 @@ optimised (``quant_pre_process``: BatchNorms folded into the convolutions),
 then the weights of the frame layers' convolutions (where nearly all the
 computation is) are quantised to 8 bits per output channel, and their inputs
 to 8 bits with ranges measured on audio the user names (the calibration list;
-there is no default). Weights and activations are unsigned (uint8): with
-signed weights ONNX Runtime's x86 kernels multiply uint8 by int8 in 16-bit
-sums that saturate on CPUs without VNNI (AVX2), which cost embeddings far
-more than the rounding does. What stays in fp32, and why (measured:
+there is no default). Activations are unsigned (uint8), weights signed with
+7 bits of range (int8, ``reduce_range``): ONNX Runtime's x86 kernels add
+pairs of uint8 x int8 products in 16 bits, which saturate on CPUs without
+VNNI (AVX2) with full-range weights (255 x 127 x 2 > 32767) and fit with
+7-bit ones; u8s8 is also the kernels' fastest pair (measured: docs/speed.md). What stays in fp32, and why (measured:
 docs/using.md, "Precision"):
 
 - the log-mel features and their normalisation, every node before the first
@@ -130,9 +131,8 @@ def _quantize(fp32_path, temporary, waveforms):
         quantize_static(
             optimised, temporary, _CalibrationReader(waveforms),
             quant_format=QuantFormat.QDQ, per_channel=True,
-            # uint8 weights and activations: ONNX Runtime's u8s8 kernels (which s8s8 also
-            # runs on x86) saturate 16-bit sums on AVX2 CPUs without VNNI (measured).
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QUInt8,
+            # uint8 activations x int8 weights in 7 bits: see the module docstring.
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=True,
             calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=["Conv"],
             nodes_to_quantize=frame_convolutions(model),
         )
@@ -189,8 +189,8 @@ def quantize_int8(fp32_path, int8_path, waveforms, calibration_list):
         record = {
             "precision": "int8",
             "method": METHOD,
-            "quantised": "the convolutions of the frame layers (uint8 weights per channel, "
-                         "uint8 activations)",
+            "quantised": "the convolutions of the frame layers (int8 weights per channel, "
+                         "7-bit range, uint8 activations)",
             "kept_in_fp32": "log-mel features and normalisation; pooling and embedding "
                             "layers; the operations between the convolutions",
             "calibration_list": os.path.basename(calibration_list),
