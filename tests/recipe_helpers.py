@@ -3,6 +3,7 @@
 Imported by name (``from tests.recipe_helpers import ...``).
 """
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,17 @@ def write_kaldi_corpus(root, ages):
     for name, lines in [("wav.scp", scp), ("utt2spk", utt2spk), ("spk2age", spk2age)]:
         (root / "train" / name).write_text("\n".join(lines) + "\n")
     return root
+
+
+
+def default_sigint():
+    """``preexec_fn`` of a child the tests interrupt: SIGINT as a terminal delivers it.
+
+    A shell that starts a job in the background (``cmd &``, CI runners, nohup)
+    sets SIGINT to ignored, children inherit that, and Python then installs no
+    KeyboardInterrupt handler: the test's SIGINT would do nothing.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def recipe_command(hparams, corpus, output, *extra):

@@ -18,8 +18,8 @@ import pytest
 import soundfile
 
 from dmha_modules.recipe.training import LOCK_FILE, output_folder_lock
-from tests.recipe_helpers import (REPO, logged_epochs, recipe_command, run_recipe,
-                                  write_kaldi_corpus, write_voice)
+from tests.recipe_helpers import (REPO, default_sigint, logged_epochs, recipe_command,
+                                  run_recipe, write_kaldi_corpus, write_voice)
 
 INTERRUPTED = 130  # what a shell reports for a process that SIGINT ended
 
@@ -93,7 +93,7 @@ def test_ctrl_c_in_the_recipe_is_one_line_and_the_rerun_resumes(corpus, tmp_path
     output = tmp_path / "interrupted"
     command = recipe_command("age.yaml", corpus, output, "--number_of_epochs=3")
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     deadline = time.time() + 300
     while time.time() < deadline and not list((output / "save").glob("CKPT*/CKPT.yaml")):
         assert process.poll() is None, "the run ended before its first checkpoint"
@@ -135,7 +135,8 @@ def test_ctrl_c_in_dmha_is_one_line_and_keeps_what_was_written(tmp_path):
     process = subprocess.Popen(  # in the checkout, so that its dmha_modules runs
         [sys.executable, "-c", FEATURES_HELD, "features", "-i", str(tmp_path / "files.lst"),
          "--data_dir", str(tmp_path), "--jobs", "1"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=default_sigint)
     assert process.stdout.readline() == "first file done\n"
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)

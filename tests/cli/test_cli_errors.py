@@ -7,7 +7,7 @@ import sys
 
 import pytest
 from tests.cli.cli_helpers import run_cli
-from tests.recipe_helpers import REPO
+from tests.recipe_helpers import REPO, default_sigint
 
 
 @pytest.mark.parametrize(
@@ -81,7 +81,7 @@ sys.exit(main())
 def test_ctrl_c_while_dmha_starts_is_one_line_and_exit_130(held):
     process = subprocess.Popen(  # in the checkout, so that its dmha_modules runs
         [sys.executable, "-c", START_HELD, held, "embed", "--help"], cwd=REPO,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     try:
         assert process.stdout.readline() == f"importing {held}\n"  # still starting
         process.send_signal(signal.SIGINT)
