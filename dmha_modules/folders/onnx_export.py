@@ -228,9 +228,8 @@ def export_onnx(compute_features, mean_var_norm, embedding_model, path, example_
     compute_features.frame_lengths(lengths, wavs.shape[1])``. The file is
     written to a temporary name beside ``path``, run with ONNX Runtime (CPU)
     on the example batch and on a second batch of another size and length, and
-    moved to ``path`` only if it matches PyTorch to ``TOLERANCE`` (relative to
-    the largest embedding value above 1; see the module). The modules
-    passed are not changed (copies are exported, on CPU).
+    moved to ``path`` only if it matches PyTorch (``TOLERANCE``, see the
+    module). The modules passed are not changed (copies are exported, on CPU).
 
     Arguments
     ---------
