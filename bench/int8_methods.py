@@ -9,7 +9,10 @@ cosine of each method's embeddings to fp32 PyTorch on the whole files of
 - ``fp32 torch``: the folder's PyTorch modules, as ``dmha embed`` runs them;
 - ``fp32 onnx``: ``embedding.onnx`` in ONNX Runtime;
 - ``dmha``: :func:`dmha_modules.folders.quantize.quantize_int8`, what
-  ``dmha export --precision int8`` writes (uint8 QDQ, frame-layer convolutions);
+  ``dmha export --precision int8`` writes (QDQ, frame-layer convolutions, uint8
+  activations x int8 weights in 7 bits);
+- ``u8 frames``: the same convolutions with uint8 weights and activations (what
+  dmha wrote until 2026-12-08);
 - ``s8 all``: signed int8 weights and activations, every Conv / MatMul / Gemm
   after the features quantised (ONNX Runtime's default QDQ types);
 - ``u8 all``: uint8 weights and activations, every Conv / MatMul / Gemm after
@@ -96,9 +99,10 @@ def onnx_rows(folder, work, calibration):
     rows = {"fp32 onnx": fp32}
     rows["dmha"] = os.path.join(work, "dmha.onnx")
     quantize_int8(fp32, rows["dmha"], calibration, "calibration")
-    for name, signed in (("s8 all", True), ("u8 all", False)):
+    for name, signed, nodes in (("u8 frames", False, frame_convolutions(graph)),
+                                ("s8 all", True, after), ("u8 all", False, after)):
         rows[name] = os.path.join(work, name.replace(" ", "_") + ".onnx")
-        static_variant(pre, rows[name], calibration, signed, after)
+        static_variant(pre, rows[name], calibration, signed, nodes)
     rows["dynamic"] = os.path.join(work, "dynamic.onnx")
     quantize_dynamic(pre, rows["dynamic"], op_types_to_quantize=["MatMul", "Gemm"],
                      weight_type=QuantType.QInt8, per_channel=False,
