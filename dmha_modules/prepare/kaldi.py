@@ -308,15 +308,6 @@ def _read_segments(path, recordings, recording_rows, log):
         if recording is None or recording.bad:
             row.bad = True  # reported on its wav.scp line
             continue
-        if recording.sample_rate is None:
-            log.reject_row(
-                row,
-                path,
-                line_number,
-                f"{recording.rel}: segments need a sample rate, "
-                "which MP4 headers lack",
-            )
-            continue
         end = recording.duration if end == -1 else end
         if not 0 <= start < end <= recording.duration + 1e-3:
             log.reject_row(
