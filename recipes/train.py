@@ -43,8 +43,9 @@ from dmha_modules.environment import require_compiled_dependencies
 require_compiled_dependencies()
 
 import speechbrain as sb
+import torch
 from hyperpyyaml import load_hyperpyyaml
-from speechbrain.utils.distributed import if_main_process, run_on_main
+from speechbrain.utils.distributed import ddp_barrier, if_main_process, run_on_main
 
 from dmha_modules.allocator import keep_freed_memory
 from dmha_modules.io.atomic import atomic_paths
@@ -247,6 +248,11 @@ def train(argv):
             if isinstance(handler, logging.FileHandler):  # log.txt, set up just now
                 held_log.write_to(handler)
         run_experiment(hparams, run_opts, trial_lists)
+    # Under DDP every rank ends once rank 0 has written the model folder: a rank
+    # that tears down its process group while another still uses it can abort
+    # (gloo: "terminate called without an active exception"), and torchrun then
+    # kills the others.
+    ddp_barrier()
 
 
 def main(argv=None):
@@ -272,6 +278,9 @@ def main(argv=None):
         print(f"recipes/train.py: {stopped}; rerun the same command to resume",
               file=sys.stderr)
         return PREEMPTED
+    finally:
+        if torch.distributed.is_initialized():  # before the interpreter's teardown
+            torch.distributed.destroy_process_group()
     return 0
 
 
