@@ -181,11 +181,6 @@ def listed_lines(list_file):
     return entries
 
 
-def _listed(list_file):
-    """``(id, path)`` of a ``--list`` file (see :func:`listed_lines`)."""
-    return [(utterance, path) for _, utterance, path in listed_lines(list_file)]
-
-
 def _found(folder):
     """``(id, path)`` of the audio files under ``folder``, sorted by path."""
     found = sorted(
@@ -214,7 +209,7 @@ def read_audio_inputs(args):
     """
     entries = [(os.path.splitext(path)[0], path) for path in args.inputs]
     if args.list_file:
-        entries += _listed(args.list_file)
+        entries += [(utterance, path) for _, utterance, path in listed_lines(args.list_file)]
     if args.folder:
         entries += _found(args.folder)
     if not entries:
